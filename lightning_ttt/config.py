@@ -1,0 +1,173 @@
+"""Model configuration: one validated dataclass and the named presets.
+
+A preset fixes the architecture (layers, width, heads, MLP widths, TTT block count);
+the method picks how sequences are modelled:
+
+* ``fa``  — full causal attention (the baseline);
+* ``swa`` — sliding-window attention of ``window`` tokens;
+* ``e2e`` — sliding-window attention plus test-time training of the prime MLPs in the
+  last ``suffix_len`` blocks, one SGD step per mini-batch of ``mini_batch`` tokens.
+  With ``meta_learning=False`` this is the paper's "TTT-naive" ablation: the prime MLPs
+  train as ordinary weights and TTT runs only at evaluation.
+
+Sizes come from the paper's Table 3 and the authors' configs (``reference/paper.md`` §1.3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Method = Literal["fa", "swa", "e2e"]
+METHODS: tuple[str, ...] = ("fa", "swa", "e2e")
+ATTENTION_KERNELS: tuple[str, ...] = ("auto", "sdpa", "flash_attn", "explicit")
+
+# Llama-3 tokenizer ids used by every paper size.
+_LLAMA3 = dict(vocab_size=128256, bos_id=128000, eos_id=128001)
+_PAPER_GEOMETRY = dict(window=8192, mini_batch=1024, rope_theta=500_000.0)
+
+# name -> architecture; mlp_hidden is the full-attention width, mlp_hidden_e2e the reduced
+# width the e2e model uses for all its MLPs so that the parameter counts stay equal.
+PRESETS: dict[str, dict[str, Any]] = {
+    "debug": dict(
+        n_layers=4, d_model=128, n_heads=4, mlp_hidden=384, mlp_hidden_e2e=320, suffix_len=1,
+        vocab_size=258, bos_id=256, eos_id=257, window=128, mini_batch=32, rope_theta=10_000.0,
+    ),
+    "125m": dict(n_layers=12, d_model=768, n_heads=12, mlp_hidden=2048, mlp_hidden_e2e=1664,
+                 suffix_len=3, **_LLAMA3, **_PAPER_GEOMETRY),
+    "350m": dict(n_layers=24, d_model=1024, n_heads=16, mlp_hidden=2816, mlp_hidden_e2e=2304,
+                 suffix_len=6, **_LLAMA3, **_PAPER_GEOMETRY),
+    "760m": dict(n_layers=24, d_model=1536, n_heads=16, mlp_hidden=4096, mlp_hidden_e2e=3328,
+                 suffix_len=6, **_LLAMA3, **_PAPER_GEOMETRY),
+    "1b": dict(n_layers=24, d_model=2048, n_heads=32, mlp_hidden=5376, mlp_hidden_e2e=4352,
+               suffix_len=6, **_LLAMA3, **_PAPER_GEOMETRY),
+    "3b": dict(n_layers=32, d_model=2560, n_heads=32, mlp_hidden=6912, mlp_hidden_e2e=5632,
+               suffix_len=8, **_LLAMA3, **_PAPER_GEOMETRY),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Architecture, method and inner-loop settings of one model. Validated on construction."""
+
+    method: Method = "e2e"
+    vocab_size: int = 258
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_hidden: int = 320
+    suffix_len: int = 1
+    window: int = 128
+    mini_batch: int = 32
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-6
+    bos_id: int = 256
+    eos_id: int = 257
+    init_std: float = 0.02
+    # Inner loop (e2e only): SGD with global-norm clipping, lr warm-up over outer steps.
+    inner_lr: float = 1.0
+    inner_clip: float = 1.0
+    ilr_init: float = 1.0
+    ilr_warmup_steps: int = 0
+    meta_learning: bool = True
+    # Execution policies (do not change the function computed).
+    attention_kernel: str = "auto"
+    checkpoint_chunks: bool = False
+    name: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        problems = list(self._problems())
+        if problems:
+            raise ValueError(f"invalid model config ({self.name}): " + "; ".join(problems))
+
+    def _problems(self):
+        if self.method not in METHODS:
+            yield f"method={self.method!r} is unknown; expected one of {', '.join(METHODS)}"
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "window", "mini_batch"):
+            if int(getattr(self, name)) < 1:
+                yield f"{name}={getattr(self, name)} must be >= 1"
+        if self.d_model % max(self.n_heads, 1):
+            yield f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
+        elif (self.d_model // max(self.n_heads, 1)) % 2:
+            yield f"head dim d_model/n_heads={self.d_model // self.n_heads} must be even for RoPE"
+        if self.method == "e2e":
+            if not 1 <= self.suffix_len < self.n_layers:
+                yield (f"suffix_len={self.suffix_len} must be in [1, n_layers-1={self.n_layers - 1}] "
+                       "for method e2e (the prefix needs at least one block)")
+        elif self.suffix_len != 0:
+            yield f"suffix_len={self.suffix_len} must be 0 for method {self.method} (no prime MLPs)"
+        if self.method != "fa" and self.window < self.mini_batch:
+            yield f"window k={self.window} must be >= mini_batch b={self.mini_batch} (the paper requires k >= b)"
+        for name in ("bos_id", "eos_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                yield f"{name}={getattr(self, name)} must be a token id below vocab_size={self.vocab_size}"
+        if self.inner_lr <= 0 or self.inner_clip <= 0:
+            yield f"inner_lr={self.inner_lr} and inner_clip={self.inner_clip} must be > 0"
+        if self.ilr_warmup_steps < 0:
+            yield f"ilr_warmup_steps={self.ilr_warmup_steps} must be >= 0"
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            yield (f"attention_kernel={self.attention_kernel!r} is unknown; "
+                   f"expected one of {', '.join(ATTENTION_KERNELS)}")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def has_prime(self) -> bool:
+        """True when the last ``suffix_len`` blocks carry prime (fast-weight) MLPs."""
+        return self.method == "e2e"
+
+    @property
+    def prefix_len(self) -> int:
+        return self.n_layers - self.suffix_len
+
+    @property
+    def ttt_in_training(self) -> bool:
+        return self.method == "e2e" and self.meta_learning
+
+    def check_seq_len(self, seq_len: int, setting: str = "seq_len") -> None:
+        """Raise a one-line error when ``seq_len`` does not split into mini-batches of b tokens."""
+        if seq_len < 1:
+            raise ValueError(f"{setting}={seq_len} must be >= 1")
+        if seq_len % self.loss_chunk(seq_len):
+            raise ValueError(f"{setting}={seq_len} must be a multiple of the mini-batch size "
+                             f"b={self.mini_batch} (model.mini_batch)")
+
+    def loss_chunk(self, seq_len: int) -> int:
+        """Tokens per loss chunk: b, or the whole sequence when it is shorter than b."""
+        return min(self.mini_batch, seq_len)
+
+    def check_token_ids(self, max_id: int, source: str = "data") -> None:
+        if max_id >= self.vocab_size:
+            raise ValueError(f"token id {max_id} from {source} does not fit vocab_size={self.vocab_size}; "
+                             "raise model vocab_size or use a matching tokenizer")
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def from_preset(cls, preset: str = "debug", method: Method = "e2e", **overrides: Any) -> ModelConfig:
+        """Build the named preset for ``method``; ``overrides`` replace single fields."""
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+        arch = dict(PRESETS[preset])
+        width_e2e = arch.pop("mlp_hidden_e2e")
+        suffix = arch.pop("suffix_len")
+        if method == "e2e":
+            arch.update(mlp_hidden=width_e2e, suffix_len=suffix)
+        else:
+            arch.update(suffix_len=0)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown model setting(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+        return cls(**{**arch, "method": method, "name": f"{preset}-{method}", **overrides})

@@ -1,0 +1,203 @@
+"""The Transformer: sandwich-normed blocks, QK-norm, interleaved RoPE, SwiGLU, tied embeddings.
+
+The last ``suffix_len`` blocks of an e2e model carry a *prime* MLP between attention and the
+regular MLP. Its weights can be swapped for per-sequence fast weights, which is how the inner
+loop (``lightning_ttt.ttt``) runs these blocks chunk by chunk with a carried window KV cache.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_ttt.config import ModelConfig
+from lightning_ttt.model.attention import attend, flash_attn_available, sequence_attention, window_mask
+from lightning_ttt.model.layers import RMSNorm, SwiGLU, rope
+
+FastWeights = dict[str, Tensor]  # "blocks.{i}.prime.w{1,2,3}" -> [B, out, in] (or [out, in])
+
+
+class KVCache(NamedTuple):
+    """Last ``window`` keys (QK-normed, before RoPE) and values of one layer: [B, H, W, hd] each."""
+
+    k: Tensor
+    v: Tensor
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d, self.n_heads, self.theta = cfg.d_model, cfg.n_heads, cfg.rope_theta
+        self.wq, self.wk, self.wv, self.wo = (nn.Linear(d, d, bias=False) for _ in range(4))
+        self.q_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+        self.k_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x: [B, t, D] -> q, k, v: [B, H, t, hd]; q and k are QK-normed (not rotated)."""
+        split = lambda y: y.unflatten(-1, (self.n_heads, -1)).transpose(1, 2)  # [B, t, D] -> [B, H, t, hd]
+        return self.q_norm(split(self.wq(x))), self.k_norm(split(self.wk(x))), split(self.wv(x))
+
+    def _merge(self, out: Tensor) -> Tensor:
+        return self.wo(out.transpose(1, 2).flatten(-2))  # [B, H, t, hd] -> [B, t, D]
+
+    def forward(self, x: Tensor, window: int | None, kernel: str) -> Tensor:
+        """Whole sequence, absolute positions 0..T-1."""
+        q, k, v = self._heads(x)
+        pos = torch.arange(x.shape[1], device=x.device)
+        return self._merge(sequence_attention(rope(q, pos, self.theta), rope(k, pos, self.theta), v, window, kernel))
+
+    def forward_chunk(self, x: Tensor, cache: KVCache, start: int, window: int, kernel: str) -> tuple[Tensor, KVCache]:
+        """One chunk of C tokens starting at absolute position ``start``, attending into the cache.
+
+        Keys are ``[cache ; chunk]`` (W + C rows) with local RoPE positions 0..W+C-1 and the
+        queries at W..W+C-1; cache slots before position 0 are masked. Returns the new cache.
+        """
+        q, k_new, v_new = self._heads(x)
+        chunk, cached = x.shape[1], cache.k.shape[2]
+        k, v = torch.cat([cache.k, k_new], dim=2), torch.cat([cache.v, v_new], dim=2)  # [B, H, W+C, hd]
+        local = torch.arange(cached + chunk, device=x.device)
+        mask = window_mask(local[cached:] + start - cached, local + start - cached, window)  # [C, W+C]
+        out = attend(rope(q, local[cached:], self.theta), rope(k, local, self.theta), v, mask, kernel)
+        return self._merge(out), KVCache(k[:, :, -cached:], v[:, :, -cached:])
+
+
+class Block(nn.Module):
+    """x += post(attn(pre(x))); [x += post(prime(pre(x)))]; x += post(mlp(pre(x)))."""
+
+    def __init__(self, cfg: ModelConfig, has_prime: bool) -> None:
+        super().__init__()
+        norm = lambda dim=cfg.d_model: RMSNorm(dim, eps=cfg.norm_eps)
+        self.seq_norm, self.attn, self.seq_post_norm = norm(), Attention(cfg), norm()
+        self.has_prime = has_prime
+        if has_prime:
+            self.prime_norm, self.prime, self.prime_post_norm = norm(), SwiGLU(cfg.d_model, cfg.mlp_hidden), norm()
+        self.ffn_norm, self.mlp, self.ffn_post_norm = norm(), SwiGLU(cfg.d_model, cfg.mlp_hidden), norm()
+
+    def _mlps(self, x: Tensor, prime_weights: dict[str, Tensor] | None) -> Tensor:
+        if self.has_prime:
+            x = x + self.prime_post_norm(self.prime(self.prime_norm(x), prime_weights))
+        return x + self.ffn_post_norm(self.mlp(self.ffn_norm(x)))
+
+    def forward(self, x: Tensor, window: int | None, kernel: str) -> Tensor:
+        x = x + self.seq_post_norm(self.attn(self.seq_norm(x), window, kernel))
+        return self._mlps(x, None)
+
+    def forward_chunk(self, x: Tensor, cache: KVCache, start: int, window: int, kernel: str,
+                      prime_weights: dict[str, Tensor] | None) -> tuple[Tensor, KVCache]:
+        attn_out, cache = self.attn.forward_chunk(self.seq_norm(x), cache, start, window, kernel)
+        return self._mlps(x + self.seq_post_norm(attn_out), prime_weights), cache
+
+
+class Transformer(nn.Module):
+    """Decoder-only LM. ``forward`` runs every block over the whole sequence (no TTT);
+    ``prefix`` and ``suffix_chunk`` are the two halves the inner loop uses."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, has_prime=i >= cfg.prefix_len and cfg.has_prime)
+                                    for i in range(cfg.n_layers))
+        self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Plain normal(0, init_std) for the embedding and every linear; norms at 1 (the official init)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=self.cfg.init_std)
+            elif isinstance(module, nn.RMSNorm):
+                nn.init.ones_(module.weight)
+
+    # ------------------------------------------------------------------ kernels
+    @property
+    def window(self) -> int | None:
+        return None if self.cfg.method == "fa" else self.cfg.window
+
+    def sequence_kernel(self) -> str:
+        """Kernel for whole-sequence attention (first-order gradients only)."""
+        choice = self.cfg.attention_kernel
+        if choice == "flash_attn" and not flash_attn_available():
+            raise RuntimeError("attention_kernel='flash_attn' needs the flash-attn package and a CUDA device")
+        if choice == "auto":
+            on_gpu = self.embed.weight.is_cuda
+            return "flash_attn" if on_gpu and flash_attn_available() else "sdpa"
+        return choice
+
+    def suffix_kernel(self, suffix_index: int, create_graph: bool) -> str:
+        """Suffix block ``suffix_index`` needs a double-backward-safe kernel when the inner gradient
+        of an earlier prime MLP flows back through its attention (every suffix block but the first)."""
+        if self.cfg.attention_kernel == "explicit":
+            return "explicit"
+        return "math" if create_graph and suffix_index > 0 else "sdpa"
+
+    # ------------------------------------------------------------------ forward paths
+    def logits(self, h: Tensor) -> Tensor:
+        """Tied head: final_norm(h) @ embedᵀ. h: [B, t, D] -> [B, t, V]."""
+        return self.final_norm(h) @ self.embed.weight.T
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """Hidden states after every block, whole sequence, outer weights. [B, T] -> [B, T, D]."""
+        h = self.embed(input_ids)
+        kernel = self.sequence_kernel()
+        for block in self.blocks:
+            h = block(h, self.window, kernel)
+        return h
+
+    def prefix(self, input_ids: Tensor) -> Tensor:
+        """Embedding and the blocks without fast weights, run once over the sequence. [B, T] -> [B, T, D]."""
+        h = self.embed(input_ids)
+        kernel = self.sequence_kernel()
+        for block in self.blocks[: self.cfg.prefix_len]:
+            h = block(h, self.window, kernel)
+        return h
+
+    @property
+    def suffix_blocks(self) -> list[Block]:
+        return list(self.blocks[self.cfg.prefix_len:])
+
+    def empty_caches(self, batch: int, dtype: torch.dtype, device: torch.device) -> list[KVCache]:
+        shape = (batch, self.cfg.n_heads, self.cfg.window, self.cfg.head_dim)
+        return [KVCache(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+                for _ in self.suffix_blocks]
+
+    def suffix_chunk(self, h: Tensor, fast: FastWeights, caches: list[KVCache], start: int,
+                     create_graph: bool = False) -> tuple[Tensor, list[KVCache]]:
+        """Run the suffix blocks on one chunk [B, C, D] with fast prime weights; returns h and new caches."""
+        new_caches = []
+        for s, (block, cache) in enumerate(zip(self.suffix_blocks, caches)):
+            i = self.cfg.prefix_len + s
+            weights = {name: fast[f"blocks.{i}.prime.{name}"] for name in ("w1", "w2", "w3")}
+            h, cache = block.forward_chunk(h, cache, start, self.cfg.window, self.suffix_kernel(s, create_graph), weights)
+            new_caches.append(cache)
+        return h, new_caches
+
+    def fast_weights(self) -> FastWeights:
+        """The outer (initial) prime weights: the inner loop's parameters, [out, in] each."""
+        return {f"blocks.{i}.prime.{name}": w
+                for i, block in enumerate(self.blocks) if block.has_prime
+                for name, w in block.prime.weights().items()}
+
+    def num_parameters(self, exclude_prime: bool = False) -> int:
+        fast = {id(w) for w in self.fast_weights().values()} if exclude_prime else set()
+        return sum(p.numel() for p in self.parameters() if id(p) not in fast)
+
+
+def token_nll(logits: Tensor, targets: Tensor) -> Tensor:
+    """Unmasked next-token NLL in at least fp32. logits: [B, t, V], targets: [B, t] -> [B, t]."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+
+
+def masked_mean(nll: Tensor, mask: Tensor) -> Tensor:
+    """Masked mean over the last axis: Σ mask·nll / max(Σ mask, 1e-10). [..., t] -> [...]."""
+    mask = mask.to(nll.dtype)
+    return (nll * mask).sum(-1) / mask.sum(-1).clamp_min(1e-10)
+
+
+def chunk_losses(nll: Tensor, mask: Tensor, chunk: int) -> Tensor:
+    """Masked mean NLL of every chunk of ``chunk`` tokens. [B, T] -> [B, T // chunk]."""
+    return masked_mean(nll.unflatten(-1, (-1, chunk)), mask.unflatten(-1, (-1, chunk)))

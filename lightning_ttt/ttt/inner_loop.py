@@ -1,0 +1,105 @@
+"""The TTT-E2E inner loop: one SGD step on the prime MLPs per mini-batch of b tokens.
+
+For every chunk c the suffix blocks run with the current fast weights Φ_c and the carried window
+KV caches; the chunk's masked mean NLL is the loss reported for those tokens (computed *before*
+the update); its gradient w.r.t. Φ_c, clipped, gives Φ_{c+1}. With ``create_graph=True`` the
+whole loop stays differentiable, so the outer loss (mean of chunk losses) meta-learns Φ_0 and
+every other weight through the inner steps. With ``create_graph=False`` (evaluation and
+inference) each step is first order and nothing but the fast weights and caches is carried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from lightning_ttt.model.transformer import FastWeights, KVCache, Transformer, masked_mean, token_nll
+
+# (fast weights, their gradients) -> (new fast weights, pre-clipping gradient norm [B])
+UpdateFn = Callable[[FastWeights, FastWeights], tuple[FastWeights, Tensor]]
+
+
+@dataclass
+class InnerLoopOutput:
+    chunk_loss: Tensor  # [B, n_chunks] masked mean NLL of each chunk, before its update
+    token_nll: Tensor  # [B, T] unmasked NLL of every target
+    grad_norm: Tensor  # [B, n_chunks] inner gradient norm before clipping
+    fast: FastWeights  # fast weights after the last step
+    logits: Tensor | None = None  # [B, T, V] pre-update logits, when requested
+    history: list[FastWeights] = field(default_factory=list)  # fast weights after each step, when requested
+
+    @property
+    def loss(self) -> Tensor:
+        """The meta objective: mean over chunks, then over sequences."""
+        return self.chunk_loss.mean()
+
+
+def initial_fast_weights(model: Transformer, batch: int, differentiable: bool) -> FastWeights:
+    """Φ_0 for each sequence, [B, out, in]: views of the outer weights (kept in the graph when
+    ``differentiable``, else detached leaves that only collect inner gradients)."""
+    fast = {}
+    for name, w in model.fast_weights().items():
+        w = w if differentiable else w.detach()
+        fast[name] = w.unsqueeze(0).expand(batch, *w.shape)
+        if not differentiable:
+            fast[name].requires_grad_(True)
+    return fast
+
+
+def _chunk_step(model: Transformer, update: UpdateFn, create_graph: bool, start: int, h: Tensor,
+                targets: Tensor, mask: Tensor, fast: FastWeights, caches: list[KVCache]):
+    """Loss of one chunk with Φ_c, then the update to Φ_{c+1}. Pure: returns everything it changes."""
+    out, caches = model.suffix_chunk(h, fast, caches, start, create_graph)
+    logits = model.logits(out)  # [B, C, V]
+    nll = token_nll(logits, targets)  # [B, C]
+    loss = masked_mean(nll, mask)  # [B]
+    names = list(fast)
+    grads = torch.autograd.grad(loss.sum(), [fast[n] for n in names], create_graph=create_graph)
+    new_fast, norm = update(fast, dict(zip(names, grads)))
+    return loss, nll, norm, logits, new_fast, caches
+
+
+def run_inner_loop(model: Transformer, prefix_out: Tensor, targets: Tensor, loss_mask: Tensor, update: UpdateFn, *,
+                   create_graph: bool, fast: FastWeights | None = None, checkpoint_chunks: bool = False,
+                   keep_logits: bool = False, keep_history: bool = False) -> InnerLoopOutput:
+    """Run the suffix blocks chunk by chunk over ``prefix_out`` [B, T, D] with test-time training.
+
+    ``targets`` and ``loss_mask`` are [B, T]. ``update`` is the inner optimiser step (the
+    LightningModule's hook). ``checkpoint_chunks`` recomputes each chunk in the backward pass
+    (non-reentrant activation checkpointing), keeping only fast weights and caches per chunk.
+    """
+    cfg = model.cfg
+    batch, seq_len, _ = prefix_out.shape
+    chunk = cfg.loss_chunk(seq_len)
+    cfg.check_seq_len(seq_len)
+    if fast is None:
+        fast = initial_fast_weights(model, batch, differentiable=create_graph)
+    caches = model.empty_caches(batch, prefix_out.dtype, prefix_out.device)
+    losses, nlls, norms, logits_all, history = [], [], [], [], []
+    for start in range(0, seq_len, chunk):
+        args = (model, update, create_graph, start, prefix_out[:, start:start + chunk],
+                targets[:, start:start + chunk], loss_mask[:, start:start + chunk], fast, caches)
+        if checkpoint_chunks and create_graph:
+            loss, nll, norm, logits, fast, caches = checkpoint(_chunk_step, *args, use_reentrant=False)
+        else:
+            with torch.enable_grad():
+                loss, nll, norm, logits, fast, caches = _chunk_step(*args)
+        if not create_graph:  # first order: carry values only, never a graph across chunks
+            fast = {n: w.detach().requires_grad_(True) for n, w in fast.items()}
+            caches = [KVCache(c.k.detach(), c.v.detach()) for c in caches]
+            loss, nll, norm = loss.detach(), nll.detach(), norm.detach()
+            logits = logits.detach()
+        losses.append(loss)
+        nlls.append(nll)
+        norms.append(norm)
+        if keep_logits:
+            logits_all.append(logits)
+        if keep_history:
+            history.append(fast)
+    return InnerLoopOutput(
+        chunk_loss=torch.stack(losses, dim=1), token_nll=torch.cat(nlls, dim=1), grad_norm=torch.stack(norms, dim=1),
+        fast=fast, logits=torch.cat(logits_all, dim=1) if keep_logits else None, history=history)

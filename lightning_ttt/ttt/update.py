@@ -1,0 +1,39 @@
+"""The inner optimiser as pure functions: differentiable global-norm clipping and SGD.
+
+Everything is batched over sequences: each tensor in a fast-weight dict is [B, ...] and every
+sequence is clipped and updated on its own, exactly like a vmap over sequences.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+FastWeights = dict[str, Tensor]
+
+
+def global_norm(grads: FastWeights) -> Tensor:
+    """L2 norm over all tensors together, one value per sequence. {[B, ...]} -> [B]."""
+    return sum(g.pow(2).flatten(1).sum(-1) for g in grads.values()).sqrt()
+
+
+def clip_scale(norm: Tensor, clip: float) -> Tensor:
+    """1 when ``norm < clip``, else ``clip / norm`` — no epsilon, differentiable in both branches."""
+    return clip / norm.clamp_min(clip)
+
+
+def sgd_step(fast: FastWeights, grads: FastWeights, lr: float, clip: float) -> tuple[FastWeights, Tensor]:
+    """``Φ ← Φ − lr · clip(g)``; returns the new weights and the pre-clipping norms [B]."""
+    norm = global_norm(grads)
+    scale = lr * clip_scale(norm, clip)  # [B]
+    new = {name: w - scale.view(-1, *([1] * (w.dim() - 1))).to(w.dtype) * grads[name] for name, w in fast.items()}
+    return new, norm
+
+
+def effective_inner_lr(lr: float, ilr_init: float, warmup_steps: int, step: int | None) -> float:
+    """Inner lr after the outer-step warm-up: ilr_init → lr over ``warmup_steps`` outer steps.
+
+    ``step`` is the 0-based outer step; ``None`` means evaluation (fully warmed up).
+    """
+    if warmup_steps <= 0 or step is None:
+        return lr
+    return ilr_init + (lr - ilr_init) * min(1.0, (step + 1) / warmup_steps)
