@@ -1,0 +1,31 @@
+# Set up a virtual environment, run the debug recipe, run the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup train test bench verify clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+setup: $(BIN)/python  ## install the package (CPU torch 2.13.0 wheel first, so no CUDA build is pulled)
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[cpu,dev]"
+
+train: setup  ## the main job: TTT-E2E on the debug model, embedded corpus, CPU
+	$(BIN)/ttt fit --config recipes/debug/e2e.yaml
+
+test: setup  ## the test suite (reads ../shared/fixtures/reference_e2e)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+verify: setup  ## parity with the authors' JAX numbers, float32 and float64
+	$(BIN)/ttt verify-reference ../shared/fixtures/reference_e2e/tiny.npz --dtype float32
+	$(BIN)/ttt verify-reference ../shared/fixtures/reference_e2e/tiny.npz --dtype float64
+
+bench: setup  ## training speed of fa, swa and e2e (prints, never asserts)
+	$(BIN)/python -m benchmarks.train_speed
+
+clean:
+	rm -rf runs build *.egg-info

@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks (scripts that print; they never assert)."""

@@ -1,0 +1,5 @@
+import sys
+
+from lightning_ttt.cli import main
+
+sys.exit(main())

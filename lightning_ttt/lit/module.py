@@ -1,0 +1,173 @@
+"""The LightningModule: the outer (meta-learning) objective around the functional inner loop.
+
+Lightning owns the outer loop — backward, gradient clipping, accumulation, the AdamW step. The
+module's ``training_step`` returns the meta loss; ``inner_update`` is the inner optimiser hook
+(clipped SGD on the fast weights) that the inner loop calls after every mini-batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from lightning_ttt.config import ModelConfig
+from lightning_ttt.eval.position import PositionNLL, log2_buckets, plot_nll_by_position
+from lightning_ttt.model.transformer import Transformer, masked_mean
+from lightning_ttt.ttt.objective import LMOutput, lm_loss
+from lightning_ttt.ttt.update import FastWeights, effective_inner_lr, sgd_step
+
+
+class TTTLanguageModel(L.LightningModule):
+    """Language model trained as full attention, sliding window, or TTT-E2E.
+
+    Args:
+        preset: architecture preset (``debug``, ``125m``, ``350m``, ``760m``, ``1b``, ``3b``).
+        method: ``fa``, ``swa`` or ``e2e``.
+        config: overrides of single ``ModelConfig`` fields (e.g. ``window``, ``mini_batch``,
+            ``meta_learning``, ``inner_lr``, ``ilr_init``, ``ilr_warmup_steps``, ``checkpoint_chunks``).
+        seq_len: training sequence length (linked from ``data.seq_len`` by the CLI).
+        lr: peak outer learning rate; ``end_lr`` is reached at the last step by cosine decay.
+        warmup_fraction: share of ``trainer.max_steps`` spent in linear warm-up from 0.
+        weight_decay, betas, eps: AdamW settings (the paper's: 0.1, (0.9, 0.95), 1e-8).
+        eval_ttt: run test-time training in validation/test for e2e models.
+    """
+
+    def __init__(
+        self,
+        preset: str = "debug",
+        method: str = "e2e",
+        config: dict[str, Any] | None = None,
+        seq_len: int = 256,
+        lr: float = 3e-3,
+        end_lr: float = 1e-5,
+        warmup_fraction: float = 0.1,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        eval_ttt: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = ModelConfig.from_preset(preset, method, **(config or {}))
+        self.cfg.check_seq_len(seq_len, "data.seq_len")
+        if not 0 <= warmup_fraction < 1:
+            raise ValueError(f"model.warmup_fraction={warmup_fraction} must be in [0, 1)")
+        self.model = Transformer(self.cfg)
+        self.val_loss = MeanMetric()
+        self.val_token_nll = MeanMetric()
+        self.val_position = PositionNLL(seq_len)
+        self._batch_started = 0.0
+
+    # ------------------------------------------------------------------ inner loop hook
+    def inner_lr(self) -> float:
+        """Effective inner lr: warmed up over outer steps in training, fully warm in evaluation."""
+        step = self.global_step if self.training else None
+        cfg = self.cfg
+        return effective_inner_lr(cfg.inner_lr, cfg.ilr_init, cfg.ilr_warmup_steps, step)
+
+    def inner_update(self, fast: FastWeights, grads: FastWeights) -> tuple[FastWeights, Tensor]:
+        """One inner optimiser step on the fast weights (override to try another inner optimiser)."""
+        return sgd_step(fast, grads, lr=self.inner_lr(), clip=self.cfg.inner_clip)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: dict[str, Tensor], *, ttt: bool, create_graph: bool) -> LMOutput:
+        return lm_loss(self.model, batch["input_ids"], batch["targets"], batch["loss_mask"], ttt=ttt,
+                       update=self.inner_update, create_graph=create_graph,
+                       checkpoint_chunks=self.cfg.checkpoint_chunks)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self(batch, ttt=self.cfg.ttt_in_training, create_graph=True)
+        self.log("train/loss", out.loss, prog_bar=True)
+        if out.inner is not None:
+            norms = out.inner.grad_norm.detach()
+            self.log_dict({
+                "ttt/inner_grad_norm_mean": norms.mean(), "ttt/inner_grad_norm_max": norms.max(),
+                "ttt/inner_clip_fraction": (norms >= self.cfg.inner_clip).float().mean(),
+                "ttt/inner_lr_multiplier": self.inner_lr() / self.cfg.inner_lr,
+            })
+        return out.loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._batch_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Tensor], batch_idx: int) -> None:
+        elapsed = time.perf_counter() - self._batch_started
+        tokens = batch["input_ids"].numel() * self.trainer.world_size
+        self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9))
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, batch: dict[str, Tensor]) -> LMOutput:
+        ttt = self.cfg.method == "e2e" and self.hparams.eval_ttt
+        if not ttt:
+            return self(batch, ttt=False, create_graph=False)
+        # TTT needs autograd even under Trainer.validate()/test(), which default to inference mode.
+        with torch.inference_mode(False), torch.enable_grad():
+            batch = {k: v.clone() for k, v in batch.items()}
+            return self(batch, ttt=True, create_graph=False)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        out = self._evaluate(batch)
+        self.val_loss.update(out.chunk_loss.mean(1))
+        self.val_token_nll.update(masked_mean(out.token_nll, batch["loss_mask"]))
+        if out.token_nll.shape[1] != self.val_position.total.shape[0]:
+            self.val_position = PositionNLL(out.token_nll.shape[1]).to(self.device)
+        self.val_position.update(out.token_nll, batch["loss_mask"])
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def _log_eval(self, split: str) -> None:
+        loss = self.val_loss.compute()
+        self.log(f"{split}/loss", loss, prog_bar=True)
+        self.log(f"{split}/ppl", torch.exp(self.val_token_nll.compute()))
+        curve = self.val_position.compute()
+        for lo, hi in log2_buckets(curve.numel(), self.cfg.mini_batch):
+            self.log(f"{split}_nll_by_position/{lo:06d}-{hi:06d}", curve[lo:hi].mean().float())
+        self._add_figure(f"{split}/nll_by_position", curve)
+        for metric in (self.val_loss, self.val_token_nll, self.val_position):
+            metric.reset()
+
+    def _add_figure(self, tag: str, curve: Tensor) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if self.global_rank != 0 or not hasattr(experiment, "add_figure"):
+            return
+        label = self.cfg.name + (" (TTT)" if self.cfg.method == "e2e" and self.hparams.eval_ttt else "")
+        mini_batch = self.cfg.mini_batch if self.cfg.method == "e2e" else None
+        fig = plot_nll_by_position({label: curve}, title=f"{tag} at step {self.global_step}", mini_batch=mini_batch)
+        experiment.add_figure(tag, fig, global_step=self.global_step, close=True)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
+                                      weight_decay=hp.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(hp.warmup_fraction * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, hp.end_lr / hp.lr))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class WarmupCosine:
+    """LR factor: linear from 0 over ``warmup`` steps, then cosine to ``end_factor`` at ``total``."""
+
+    def __init__(self, warmup: int, total: int, end_factor: float) -> None:
+        self.warmup, self.total, self.end_factor = warmup, total, end_factor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return step / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.end_factor + (1 - self.end_factor) * 0.5 * (1 + math.cos(math.pi * progress))

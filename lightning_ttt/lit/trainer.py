@@ -1,0 +1,20 @@
+"""A Trainer with this project's defaults: atomic checkpoints, and autograd allowed in evaluation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+
+from lightning_ttt.lit.checkpoint_io import AtomicCheckpointIO
+
+
+class TTTTrainer(L.Trainer):
+    """``lightning.Trainer`` whose evaluation runs without ``inference_mode`` (TTT takes gradient
+    steps while evaluating) and whose checkpoints are written atomically and loaded safely."""
+
+    def __init__(self, *args: Any, inference_mode: bool = False, plugins: Any = None, **kwargs: Any) -> None:
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else ([plugins] if plugins is not None else [])
+        if not any(hasattr(p, "save_checkpoint") for p in plugins) and kwargs.get("strategy") in (None, "auto", "ddp", "ddp_spawn", "single_device"):
+            plugins.append(AtomicCheckpointIO())
+        super().__init__(*args, inference_mode=inference_mode, plugins=plugins or None, **kwargs)

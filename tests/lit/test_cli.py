@@ -1,0 +1,98 @@
+"""The CLI: every recipe loads, configs stack, short fits of each method leave checkpoints and logs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lightning_ttt.cli import main
+from lightning_ttt.lit.cli import cli_main
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
+SMALL = ["--data.seq_len=128", "--data.batch_size=2", "--data.max_val_windows=2", "--trainer.max_steps=2",
+         "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(REPO / "recipes")) for p in RECIPES])
+def test_every_recipe_loads_through_the_cli(recipe: Path) -> None:
+    cli = cli_main(["--config", str(recipe)], run=False)
+    spec = yaml.safe_load(recipe.read_text())
+    assert cli.model.cfg.method == spec["model"]["method"]
+    assert cli.model.hparams.seq_len == cli.datamodule.seq_len  # linked from data.seq_len
+    for key, value in (spec["model"].get("config") or {}).items():
+        assert getattr(cli.model.cfg, key) == value
+
+
+def test_stacked_configs_merge(tmp_path: Path) -> None:
+    extra = tmp_path / "longer.yaml"
+    extra.write_text("data:\n  seq_len: 1024\nmodel:\n  config:\n    window: 256\n")
+    cli = cli_main(["--config", str(REPO / "recipes/debug/e2e.yaml"), "--config", str(extra)], run=False)
+    assert cli.datamodule.seq_len == 1024 and cli.model.hparams.seq_len == 1024
+    assert cli.model.cfg.window == 256
+    assert cli.model.cfg.method == "e2e"  # kept from the first file
+
+
+def test_print_config(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "recipes/debug/e2e.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["method"] == "e2e" and printed["data"]["seq_len"] == 512
+
+
+def test_bad_settings_fail_with_one_line_naming_the_setting() -> None:
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        cli_main(["--config", str(REPO / "recipes/debug/e2e.yaml"), "--model.preset=huge"], run=False)
+    with pytest.raises(ValueError, match=r"data\.seq_len=100 must be a multiple of the mini-batch size b=32"):
+        cli_main(["--config", str(REPO / "recipes/debug/e2e.yaml"), "--data.seq_len=100"], run=False)
+
+
+def _fit(method: str, root: Path, *extra: str) -> Path:
+    cli_main(["fit", "--config", str(REPO / f"recipes/debug/{method}.yaml"), *SMALL,
+              f"--trainer.logger.init_args.save_dir={root}", *extra])
+    (version,) = (root / f"debug-{method}").iterdir()
+    return version
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["fa", "swa", "e2e"])
+def test_short_fit_leaves_checkpoint_and_tensorboard_logs(method: str, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = _fit(method, tmp_path)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)  # loadable without pickle code
+    assert state["global_step"] == 2
+    events = EventAccumulator(str(run), size_guidance={"images": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "train/lr", "train/tokens_per_s"} <= scalars
+    assert any(tag.startswith("val_nll_by_position/") for tag in scalars)
+    assert "val/nll_by_position" in events.Tags()["images"]
+    if method == "e2e":
+        assert {"ttt/inner_grad_norm_mean", "ttt/inner_lr_multiplier"} <= scalars
+    losses = [e.value for e in events.Scalars("train/loss")]
+    assert all(torch.isfinite(torch.tensor(losses)))
+
+
+@pytest.mark.slow
+def test_bf16_mixed_meta_training_runs(tmp_path: Path) -> None:
+    run = _fit("e2e", tmp_path, "--trainer.precision=bf16-mixed")
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert all(t.dtype == torch.float32 for t in state["state_dict"].values() if t.is_floating_point())
+
+
+def test_verify_reference_command(tiny_fixture: Path, capsys) -> None:
+    assert main(["verify-reference", str(tiny_fixture), "--modes", "meta"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["modes"]["meta"]["checked"] > 60
+
+
+def test_verify_reference_missing_file(tmp_path: Path, capsys) -> None:
+    assert main(["verify-reference", str(tmp_path / "nope.npz")]) == 2
+    assert "nope.npz" in capsys.readouterr().err

@@ -1,0 +1,70 @@
+"""The LightningModule: evaluation runs TTT (also under inference mode), schedules, the inner hook."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_ttt.lit.module import TTTLanguageModel, WarmupCosine
+from lightning_ttt.ttt.objective import lm_loss
+
+
+def _batch(seq_len: int = 64, batch: int = 2) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 256, (batch, seq_len + 1), generator=g)
+    return {"input_ids": ids[:, :-1], "targets": ids[:, 1:], "loss_mask": torch.ones(batch, seq_len, dtype=torch.bool)}
+
+
+def test_validation_uses_test_time_training() -> None:
+    torch.manual_seed(0)
+    module = TTTLanguageModel(method="e2e", seq_len=64)
+    batch = _batch()
+    with torch.no_grad():
+        evaluated = module._evaluate(batch)
+    expected = lm_loss(module.model, **batch, ttt=True, update=module.inner_update, create_graph=False)
+    plain = lm_loss(module.model, **batch, ttt=False)
+    torch.testing.assert_close(evaluated.token_nll, expected.token_nll)
+    # After the first mini-batch the TTT losses differ from the frozen-weight ones.
+    b = module.cfg.mini_batch
+    assert torch.equal(evaluated.token_nll[:, :b], plain.token_nll[:, :b]) or \
+        torch.allclose(evaluated.token_nll[:, :b], plain.token_nll[:, :b], atol=1e-5)
+    assert not torch.allclose(evaluated.token_nll[:, b:], plain.token_nll[:, b:], atol=1e-4)
+
+
+class _Batches(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int):
+        return {k: v[0] for k, v in _batch().items()}
+
+
+def test_validate_works_under_inference_mode() -> None:
+    module = TTTLanguageModel(method="e2e", seq_len=64)
+    trainer = L.Trainer(inference_mode=True, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu")
+    (metrics,) = trainer.validate(module, torch.utils.data.DataLoader(_Batches(), batch_size=2))
+    assert torch.isfinite(torch.tensor(metrics["val/loss"]))
+
+
+def test_inner_lr_warms_up_over_outer_steps_and_is_full_in_evaluation() -> None:
+    module = TTTLanguageModel(method="e2e", seq_len=64, config={"ilr_init": 0.1, "ilr_warmup_steps": 10})
+    module.train()
+    assert module.inner_lr() == pytest.approx(0.1 + 0.9 * 1 / 10)  # outer step 0
+    module.eval()
+    assert module.inner_lr() == 1.0
+
+
+def test_warmup_cosine_schedule() -> None:
+    f = WarmupCosine(warmup=10, total=110, end_factor=0.01)
+    assert f(0) == 0.0 and f(5) == 0.5 and f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert f(110) == pytest.approx(0.01) and f(500) == pytest.approx(0.01)
+
+
+def test_bad_module_settings() -> None:
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        TTTLanguageModel(warmup_fraction=1.5)
+    with pytest.raises(ValueError, match="unknown model setting"):
+        TTTLanguageModel(config={"windw": 3})
