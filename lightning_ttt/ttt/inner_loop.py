@@ -73,6 +73,11 @@ def run_inner_loop(model: Transformer, prefix_out: Tensor, targets: Tensor, loss
     (non-reentrant activation checkpointing), keeping only fast weights and caches per chunk.
     """
     cfg = model.cfg
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("test-time training takes gradient steps and cannot run under torch.inference_mode(); "
+                           "use torch.no_grad() or Trainer(inference_mode=False)")
+    if create_graph and not all(w.requires_grad for w in model.fast_weights().values()):
+        raise RuntimeError("meta-learning (create_graph=True) needs the prime MLP weights to require grad")
     batch, seq_len, _ = prefix_out.shape
     chunk = cfg.loss_chunk(seq_len)
     cfg.check_seq_len(seq_len)

@@ -6,14 +6,21 @@ sequence is clipped and updated on its own, exactly like a vmap over sequences.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 FastWeights = dict[str, Tensor]
 
 
 def global_norm(grads: FastWeights) -> Tensor:
-    """L2 norm over all tensors together, one value per sequence. {[B, ...]} -> [B]."""
-    return sum(g.pow(2).flatten(1).sum(-1) for g in grads.values()).sqrt()
+    """L2 norm over all tensors together, one value per sequence. {[B, ...]} -> [B].
+
+    Differentiable everywhere: a zero gradient (a chunk whose targets are all masked) gets norm 0
+    with derivative 0 instead of sqrt's infinite slope, which would turn the meta-gradient into NaN.
+    """
+    squared = sum(g.pow(2).flatten(1).sum(-1) for g in grads.values())
+    nonzero = squared > 0
+    return torch.where(nonzero, torch.where(nonzero, squared, 1.0).sqrt(), 0.0)
 
 
 def clip_scale(norm: Tensor, clip: float) -> Tensor:

@@ -11,6 +11,16 @@ import torch
 import lightning_ttt.model.attention as attention
 from lightning_ttt.model.attention import sequence_attention, window_mask
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """These tensors are tiny: intra-op threads only add overhead (and stall badly on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 KERNELS = ("sdpa", "math", "explicit")
 
 

@@ -13,6 +13,15 @@ from lightning_ttt.ttt.objective import lm_loss
 from lightning_ttt.ttt.update import global_norm
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """These tensors are tiny: intra-op threads only add overhead (and stall badly on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def small_model(seed=0, std=0.3, **overrides) -> Transformer:
     settings = dict(method="e2e", vocab_size=37, d_model=16, n_layers=3, n_heads=2, mlp_hidden=24, suffix_len=1,
                     window=6, mini_batch=4, bos_id=1, eos_id=2)
