@@ -24,8 +24,9 @@ verify: setup  ## parity with the authors' JAX numbers, float32 and float64
 	$(BIN)/ttt verify-reference ../shared/fixtures/reference_e2e/tiny.npz --dtype float32
 	$(BIN)/ttt verify-reference ../shared/fixtures/reference_e2e/tiny.npz --dtype float64
 
-bench: setup  ## training speed of fa, swa and e2e (prints, never asserts)
+bench: setup  ## training speed of fa, swa and e2e, data-loader tokens/s (prints, never asserts)
 	$(BIN)/python -m benchmarks.train_speed
+	$(BIN)/python -m benchmarks.data_speed
 
 clean:
 	rm -rf runs build *.egg-info

@@ -74,8 +74,8 @@ def train_step(model: Transformer, cfg: ModelConfig, opt: torch.optim.Optimizer,
 def default_steps(seq_len: int, args: argparse.Namespace) -> tuple[int, int]:
     """(warm-up, timed) steps: the flags, or fewer for long sequences when left unset."""
     long = seq_len >= LONG
-    warmup = args.warmup if args.warmup is not None else 1
-    steps = args.steps if args.steps is not None else (2 if long else 5)
+    warmup = args.warmup if args.warmup is not None else 2  # the first steps also pay for first-touch memory
+    steps = args.steps if args.steps is not None else (3 if long else 8)
     return warmup, steps
 
 
@@ -168,8 +168,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--lengths", nargs="+", type=int, default=list(DEFAULT_LENGTHS))
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default 5; 2 from T=16K)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 1)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 8; 3 from T=16K)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 2)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")

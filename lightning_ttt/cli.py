@@ -13,6 +13,7 @@ training and evaluation (LightningCLI; `ttt fit --help` for all options):
 
 tools:
   verify-reference FIXTURE.npz      compare with numbers from the authors' JAX implementation
+  prepare SOURCE... --out DIR       tokenize sources once into token shards (`ttt prepare --help`)
 """
 
 
@@ -40,7 +41,13 @@ def verify_reference(argv: list[str]) -> int:
     return 0 if report["passed"] else 1
 
 
-TOOLS = {"verify-reference": verify_reference}
+def prepare(argv: list[str]) -> int:
+    from lightning_ttt.data.prepare import main as prepare_main
+
+    return prepare_main(argv)
+
+
+TOOLS = {"verify-reference": verify_reference, "prepare": prepare}
 
 
 def main(argv: list[str] | None = None) -> int:

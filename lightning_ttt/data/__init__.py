@@ -1,8 +1,22 @@
-"""Data pipeline: byte tokenizer, corpus loading, fixed-length windows and the DataModule."""
+"""Data pipeline: sources, tokenizers, packing, the resumable training stream and the DataModule.
 
-from lightning_ttt.data.corpus import Document, load_documents, split_documents
-from lightning_ttt.data.datamodule import TextDataModule
-from lightning_ttt.data.tokenizer import ByteTokenizer
-from lightning_ttt.data.windows import WindowDataset
+Names are imported on first use, so DataLoader workers started with ``spawn`` import only the
+stream's modules, not Lightning.
+"""
 
-__all__ = ["ByteTokenizer", "Document", "TextDataModule", "WindowDataset", "load_documents", "split_documents"]
+from importlib import import_module
+
+_EXPORTS = {
+    "LongContextDataModule": "datamodule", "TextDataModule": "datamodule",
+    "Document": "documents", "DocumentReader": "documents", "is_validation": "documents",
+    "ConcatPacker": "packing", "DocumentPacker": "packing", "make_batch": "packing", "make_packer": "packing",
+    "read_manifest": "prepare", "open_records": "sources", "StreamSpec": "stream", "TrainStream": "stream",
+    "ByteTokenizer": "tokenizer", "HFTokenizer": "tokenizer", "load_tokenizer": "tokenizer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"lightning_ttt.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'lightning_ttt.data' has no attribute {name!r}")

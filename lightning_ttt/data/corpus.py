@@ -1,32 +1,27 @@
-"""Corpus loading: turn source specs into named, tokenized documents, and split them."""
+"""Local corpora: find files (the stdlib, paths, directories, globs) and read them as records.
+
+A record is ``{"name": str, "text": str | bytes}`` (``.txt`` files give their raw bytes, so the
+byte tokenizer can keep invalid UTF-8) or, for shards written by ``ttt prepare``,
+``{"name": str, "tokens": ndarray}``. Names are ``<path>`` for ``.txt``, ``<path>:<line>`` for
+``.jsonl`` (1-based), ``<path>:<index>`` for ``.json`` lists and ``<path>:<row>`` for ``.parquet``.
+"""
 
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
+import os
 import sysconfig
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-from tqdm.auto import tqdm
-
-from lightning_ttt.data.tokenizer import ByteTokenizer
+from lightning_ttt.data.tokenizer import to_text
 
 STDLIB = "stdlib"
-SUFFIXES = (".txt", ".jsonl", ".json")
+KINDS = {".txt": "txt", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
+TOKENS = "tokens"  # kind of a prepared token shard
 _EXCLUDED_DIRS = frozenset({"site-packages", "test", "tests"})
-_PROGRESS_MIN_FILES = 50  # show a progress bar only when reading at least this many files
-
-
-@dataclass(frozen=True)
-class Document:
-    """One document: a stable name (drives the split) and its token ids, shape [num_tokens]."""
-
-    name: str
-    tokens: np.ndarray
+_PARQUET_BATCH = 64  # rows per record batch when streaming parquet files
 
 
 def stdlib_files() -> list[tuple[str, Path]]:
@@ -36,11 +31,15 @@ def stdlib_files() -> list[tuple[str, Path]]:
     """
     root = Path(sysconfig.get_paths()["stdlib"])
     files = []
-    for path in root.rglob("*.py"):
-        rel = path.relative_to(root)
-        if _EXCLUDED_DIRS.isdisjoint(rel.parts[:-1]) and path.is_file():
-            files.append((rel.as_posix(), path))
+    for directory, subdirs, filenames in os.walk(root):
+        subdirs[:] = [d for d in subdirs if d not in _EXCLUDED_DIRS]  # prune while walking
+        for filename in filenames:
+            path = Path(directory, filename)
+            if filename.endswith(".py") and path.is_file():
+                files.append((path.relative_to(root).as_posix(), path))
     files.sort()
+    if not files:
+        raise ValueError(f"source 'stdlib': no .py files found under {str(root)!r}")
     return [(f"{STDLIB}/{rel}", path) for rel, path in files]
 
 
@@ -63,100 +62,133 @@ def expand_source(source: str) -> list[Path]:
 
 
 def _files_in_dir(directory: Path, source: str) -> list[Path]:
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix in KINDS)
     if not files:
-        raise ValueError(f"source {source!r}: directory {str(directory)!r} contains no {'/'.join(SUFFIXES)} files")
+        raise ValueError(f"source {source!r}: directory {str(directory)!r} contains no {'/'.join(KINDS)} files")
     return files
 
 
-def read_file(path: Path, tokenizer: ByteTokenizer, text_field: str = "text") -> list[Document]:
-    """Read one ``.txt`` (one document), ``.jsonl`` (one per line) or ``.json`` (list of records) file."""
+def file_kind(path: Path) -> str:
+    if path.suffix not in KINDS:
+        raise ValueError(f"{path.as_posix()}: unsupported file type {path.suffix!r}, "
+                         f"expected one of {', '.join(KINDS)}")
+    return KINDS[path.suffix]
+
+
+def check_file(path: Path, kind: str, text_field: str) -> None:
+    """Fail early, in one line, on an empty file or a first record without the text field."""
     name = path.as_posix()
-    if path.suffix not in SUFFIXES:
-        raise ValueError(f"{name}: unsupported file type {path.suffix!r}, expected one of {', '.join(SUFFIXES)}")
-    data = path.read_bytes()
-    if not data:
+    if path.stat().st_size == 0:
         raise ValueError(f"{name}: file is empty, expected at least one document")
-    if path.suffix == ".txt":
-        return [Document(name, tokenizer.encode(data))]
-    if path.suffix == ".jsonl":
-        docs = [
-            Document(f"{name}:{line_no}", tokenizer.encode(_field(record, text_field, f"{name}:{line_no}")))
-            for line_no, record in _jsonl_records(data, name)
-        ]
-        if not docs:
-            raise ValueError(f"{name}: no JSON lines found, expected one JSON object per line")
-        return docs
+    if kind in ("jsonl", "json"):
+        next(read_file(str(path), name, kind, text_field, "replace"), None)
+    elif kind == "parquet":
+        import pyarrow.parquet as pq
+
+        columns = pq.read_schema(path).names
+        if text_field not in columns:
+            raise ValueError(f"{name}: parquet file has no text field {text_field!r} (columns: {', '.join(columns)}; "
+                             "set data.text_field)")
+
+
+def generate_records(paths: list[str], names: list[str], kinds: list[str], text_field: str,
+                     invalid_utf8: str) -> Iterator[dict]:
+    """Records of the given files in order: the generator behind the ``datasets`` stream (one shard per file)."""
+    for path, name, kind in zip(paths, names, kinds, strict=True):
+        yield from read_file(path, name, kind, text_field, invalid_utf8)
+
+
+def read_file(path: str, name: str, kind: str, text_field: str, invalid_utf8: str) -> Iterator[dict]:
+    """Records of one file; ``name`` prefixes each record's name."""
+    if kind == "txt":  # empty user files were rejected by check_file; empty stdlib files are short documents
+        yield {"name": name, "text": Path(path).read_bytes()}
+    elif kind == "jsonl":
+        yield from _read_jsonl(path, name, text_field, invalid_utf8)
+    elif kind == "json":
+        yield from _read_json(path, name, text_field, invalid_utf8)
+    elif kind == "parquet":
+        yield from _read_parquet(path, name, text_field)
+    elif kind == TOKENS:
+        yield from _read_tokens(path)
+    else:
+        raise ValueError(f"{name}: unknown record kind {kind!r}")
+
+
+def _read_jsonl(path: str, name: str, text_field: str, invalid_utf8: str) -> Iterator[dict]:
+    found = False
+    offset = 0
+    with open(path, "rb") as f:
+        for line_no, line in enumerate(f, start=1):
+            where = f"{name}:{line_no}"
+            start, offset = offset, offset + len(line)
+            if not line.strip():
+                continue
+            try:
+                text = to_text(line, where, invalid_utf8)
+            except ValueError:
+                bad = start + _bad_utf8_offset(line)
+                raise ValueError(f"{name}:{line_no}: invalid UTF-8 at byte offset {bad} of the file "
+                                 "(data.invalid_utf8='error'; set it to 'replace' to substitute U+FFFD)") from None
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: line {line_no} is not valid JSON ({err})") from None
+            found = True
+            yield {"name": where, "text": _field(record, text_field, where)}
+    if not found:
+        raise ValueError(f"{name}: no JSON lines found, expected one JSON object per line")
+
+
+def _bad_utf8_offset(data: bytes) -> int:
     try:
-        records = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return err.start
+    return 0
+
+
+def _read_json(path: str, name: str, text_field: str, invalid_utf8: str) -> Iterator[dict]:
+    try:
+        records = json.loads(to_text(Path(path).read_bytes(), name, invalid_utf8))
+    except json.JSONDecodeError as err:
         raise ValueError(f"{name}: invalid JSON ({err})") from None
     if not isinstance(records, list) or not records:
         raise ValueError(f"{name}: expected a non-empty JSON list of objects with field {text_field!r}")
-    return [
-        Document(f"{name}:{i}", tokenizer.encode(_field(record, text_field, f"{name}: record {i}")))
-        for i, record in enumerate(records)
-    ]
+    for i, record in enumerate(records):
+        yield {"name": f"{name}:{i}", "text": _field(record, text_field, f"{name}: record {i}")}
 
 
-def _jsonl_records(data: bytes, name: str) -> Iterator[tuple[int, object]]:
-    for line_no, line in enumerate(data.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield line_no, json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{name}:{line_no}: line {line_no} is not valid JSON ({err})") from None
+def _read_parquet(path: str, name: str, text_field: str) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(path)
+    if text_field not in file.schema_arrow.names:
+        raise ValueError(f"{name}: parquet file has no text field {text_field!r} (set data.text_field)")
+    row = 0
+    for batch in file.iter_batches(batch_size=_PARQUET_BATCH, columns=[text_field]):
+        for text in batch.column(0).to_pylist():
+            where = f"{name}:{row}"
+            yield {"name": where, "text": _field({text_field: text}, text_field, where)}
+            row += 1
+
+
+def _read_tokens(path: str) -> Iterator[dict]:
+    """A prepared shard: parquet rows ``name`` (string) and ``tokens`` (list of uint16/uint32)."""
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_BATCH, columns=["name", "tokens"]):
+        names = batch.column(0).to_pylist()
+        tokens = batch.column(1)
+        offsets = tokens.offsets.to_numpy()  # [rows + 1], document boundaries in `values`
+        values = tokens.values.to_numpy(zero_copy_only=False)
+        for i, doc in enumerate(names):
+            yield {"name": doc, "tokens": values[offsets[i]:offsets[i + 1]]}
 
 
 def _field(record: object, text_field: str, where: str) -> str:
     if not isinstance(record, dict) or text_field not in record:
-        raise ValueError(f"{where}: record has no text field {text_field!r} (set text_field to the right key)")
+        raise ValueError(f"{where}: record has no text field {text_field!r} (set data.text_field to the right key)")
     text = record[text_field]
     if not isinstance(text, str):
         raise ValueError(f"{where}: field {text_field!r} must be a string, got {type(text).__name__}")
     return text
-
-
-def load_documents(
-    sources: Sequence[str],
-    tokenizer: ByteTokenizer,
-    text_field: str = "text",
-    progress: bool = True,
-) -> list[Document]:
-    """Load every source in order: ``"stdlib"`` or a local file / directory / glob pattern."""
-    if isinstance(sources, str) or not sources:
-        raise ValueError(f"sources must be a non-empty list of strings, got {sources!r}")
-    files: list[tuple[str | None, Path]] = []  # (stdlib name or None for local files, path)
-    for source in sources:
-        if source == STDLIB:
-            found = stdlib_files()
-            if not found:
-                raise ValueError(f"source 'stdlib': no .py files found under {sysconfig.get_paths()['stdlib']!r}")
-            files.extend(found)
-        else:
-            files.extend((None, path) for path in expand_source(source))
-
-    show = progress and len(files) >= _PROGRESS_MIN_FILES
-    docs: list[Document] = []
-    for name, path in tqdm(files, desc="Reading corpus", unit="file", disable=not show):
-        if name is None:
-            docs.extend(read_file(path, tokenizer, text_field))
-        else:
-            docs.append(Document(name, tokenizer.encode(path.read_bytes())))
-    return docs
-
-
-def is_validation(name: str, val_fraction: float) -> bool:
-    """Deterministic split: hash of the document name, identical on every machine and run."""
-    return int(hashlib.sha1(name.encode("utf-8")).hexdigest(), 16) % 1000 < val_fraction * 1000
-
-
-def split_documents(docs: Sequence[Document], val_fraction: float) -> tuple[list[Document], list[Document]]:
-    """Split into (train, validation), each keeping the input order."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    train, val = [], []
-    for doc in docs:
-        (val if is_validation(doc.name, val_fraction) else train).append(doc)
-    return train, val

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
-from lightning_ttt.data.datamodule import TextDataModule
+from lightning_ttt.data.datamodule import LongContextDataModule
 from lightning_ttt.lit.module import TTTLanguageModel
 from lightning_ttt.lit.trainer import TTTTrainer
 
@@ -12,6 +12,8 @@ from lightning_ttt.lit.trainer import TTTTrainer
 class TTTLightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.seq_len", "model.seq_len")
+        for name in ("vocab_size", "bos_id", "eos_id"):  # the model's vocabulary follows the tokenizer
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
 
     def before_fit(self) -> None:
         self._check_vocabulary()
@@ -32,6 +34,6 @@ class TTTLightningCLI(LightningCLI):
 
 def cli_main(args: ArgsType = None, run: bool = True) -> TTTLightningCLI:
     return TTTLightningCLI(
-        TTTLanguageModel, TextDataModule, trainer_class=TTTTrainer, args=args, run=run,
+        TTTLanguageModel, LongContextDataModule, trainer_class=TTTTrainer, args=args, run=run,
         save_config_kwargs={"overwrite": True}, parser_kwargs={"default_env": False},
     )

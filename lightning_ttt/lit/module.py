@@ -36,6 +36,8 @@ class TTTLanguageModel(L.LightningModule):
         warmup_fraction: share of ``trainer.max_steps`` spent in linear warm-up from 0.
         weight_decay, betas, eps: AdamW settings (the paper's: 0.1, (0.9, 0.95), 1e-8).
         eval_ttt: run test-time training in validation/test for e2e models.
+        vocab_size, bos_id, eos_id: the tokenizer's (linked from ``data`` by the CLI); they replace
+            the preset's. ``config.vocab_size`` may still pad the vocabulary above ``vocab_size``.
     """
 
     def __init__(
@@ -51,10 +53,13 @@ class TTTLanguageModel(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         eps: float = 1e-8,
         eval_ttt: bool = True,
+        vocab_size: int | None = None,
+        bos_id: int | None = None,
+        eos_id: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.cfg = ModelConfig.from_preset(preset, method, **(config or {}))
+        self.cfg = ModelConfig.from_preset(preset, method, **_with_tokenizer(config or {}, vocab_size, bos_id, eos_id))
         self.cfg.check_seq_len(seq_len, "data.seq_len")
         if not 0 <= warmup_fraction < 1:
             raise ValueError(f"model.warmup_fraction={warmup_fraction} must be in [0, 1)")
@@ -63,6 +68,20 @@ class TTTLanguageModel(L.LightningModule):
         self.val_token_nll = MeanMetric()
         self.val_position = PositionNLL(seq_len)
         self._batch_started = 0.0
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint trained with another vocabulary is a clear error, not a shape mismatch."""
+        embed = checkpoint.get("state_dict", {}).get("model.embed.weight")
+        if embed is not None and embed.shape[0] != self.cfg.vocab_size:
+            raise ValueError(f"the checkpoint's vocabulary has {embed.shape[0]} ids but this model has vocab_size="
+                             f"{self.cfg.vocab_size} (from data.tokenizer); use the tokenizer the checkpoint was "
+                             "trained with")
+        saved = checkpoint.get("hyper_parameters", {})
+        for name in ("bos_id", "eos_id"):
+            if saved.get(name) is not None and saved[name] != getattr(self.cfg, name):
+                raise ValueError(f"the checkpoint was trained with {name}={saved[name]} but this model has "
+                                 f"{name}={getattr(self.cfg, name)} (from data.tokenizer); use the checkpoint's "
+                                 "tokenizer")
 
     # ------------------------------------------------------------------ inner loop hook
     def inner_lr(self) -> float:
@@ -158,6 +177,22 @@ class TTTLanguageModel(L.LightningModule):
         warmup = int(hp.warmup_fraction * total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, hp.end_lr / hp.lr))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _with_tokenizer(config: dict[str, Any], vocab_size: int | None, bos_id: int | None,
+                    eos_id: int | None) -> dict[str, Any]:
+    """Model overrides with the tokenizer's ids; ``config`` may pad vocab_size but not contradict the ids."""
+    merged = dict(config)
+    if vocab_size is not None:
+        padded = merged.setdefault("vocab_size", vocab_size)
+        if padded < vocab_size:
+            raise ValueError(f"model.config.vocab_size={padded} is smaller than the tokenizer's vocabulary "
+                             f"({vocab_size} ids, data.tokenizer); remove it or raise it")
+    for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
+        if value is not None and merged.setdefault(name, value) != value:
+            raise ValueError(f"model.config.{name}={merged[name]} contradicts the tokenizer's {name}={value} "
+                             "(data.tokenizer); remove it from model.config")
+    return merged
 
 
 class WarmupCosine:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-QUERY_BLOCK = 1024  # queries per block in blockwise sliding-window attention
+QUERY_BLOCK = 256  # queries per block in blockwise sliding-window attention (each sees block + k - 1 keys)
 
 
 @functools.cache
@@ -85,12 +85,33 @@ def sequence_attention(q: Tensor, k: Tensor, v: Tensor, window: int | None, kern
         if kernel == "sdpa":
             return attend(q, k, v, None, kernel, causal=True)
         window = seq_len if window is None else window
-    block = min(QUERY_BLOCK, window) if window is not None else QUERY_BLOCK
+    block = min(QUERY_BLOCK, window)
+    span = block + window - 1  # keys of a full query block
+    first = -(-(window - 1) // block)  # index of the first query block with a full span of keys
+    skip = first * block - window + 1  # where that span starts
+    k_spans, v_spans = _spans(k, span, block, skip), _spans(v, span, block, skip)
     positions = torch.arange(seq_len, device=q.device)
+    full_mask = window_mask(positions[window - 1:span], positions[:span], window) if k_spans else None  # [block, span]
     outputs = []
-    for start in range(0, seq_len, block):
-        stop = min(start + block, seq_len)
-        lo = max(0, start - window + 1)
-        mask = window_mask(positions[start:stop], positions[lo:stop], window)  # [tq, tk]
-        outputs.append(attend(q[..., start:stop, :], k[..., lo:stop, :], v[..., lo:stop, :], mask, kernel))
+    for i, q_block in enumerate(q.split(block, dim=-2)):  # [B, H, <=block, hd]
+        start = i * block
+        stop, lo = start + q_block.shape[-2], max(0, start - window + 1)
+        if stop - lo == span:  # keys lo..stop-1 are span i - first
+            keys, values, mask = k_spans[i - first], v_spans[i - first], full_mask
+        else:  # blocks inside the first window, and a short last block
+            keys, values = k[..., lo:stop, :], v[..., lo:stop, :]
+            mask = window_mask(positions[start:stop], positions[lo:stop], window)  # [tq, tk]
+        outputs.append(attend(q_block, keys, values, mask, kernel))
     return torch.cat(outputs, dim=-2)
+
+
+def _spans(x: Tensor, span: int, step: int, skip: int) -> tuple[Tensor, ...]:
+    """Views x[..., skip + j*step : skip + j*step + span, :] for every j that fits, each [B, H, span, hd].
+
+    One unfold instead of a slice per block: the backward then gathers all spans into one gradient,
+    where slicing would zero-fill a whole [B, H, T, hd] gradient per block.
+    """
+    x = x[..., skip:, :]
+    if x.shape[-2] < span:
+        return ()
+    return x.unfold(-2, span, step).transpose(-1, -2).unbind(2)  # [B, H, n, hd, span] -> n x [B, H, span, hd]

@@ -59,8 +59,11 @@ class Attention(nn.Module):
         chunk, cached = x.shape[1], cache.k.shape[2]
         k, v = torch.cat([cache.k, k_new], dim=2), torch.cat([cache.v, v_new], dim=2)  # [B, H, W+C, hd]
         local = torch.arange(cached + chunk, device=x.device)
-        mask = window_mask(local[cached:] + start - cached, local + start - cached, window)  # [C, W+C]
-        out = attend(rope(q, local[cached:], self.theta), rope(k, local, self.theta), v, mask, kernel)
+        # drop cache slots before position 0 (masked for every query): same output, less work
+        lo = max(0, cached - start)
+        mask = window_mask(local[cached:] + start - cached, local[lo:] + start - cached, window)  # [C, W+C-lo]
+        keys = rope(k[:, :, lo:], local[lo:], self.theta)  # [B, H, W+C-lo, hd]
+        out = attend(rope(q, local[cached:], self.theta), keys, v[:, :, lo:], mask, kernel)
         return self._merge(out), KVCache(k[:, :, -cached:], v[:, :, -cached:])
 
 

@@ -85,9 +85,10 @@ def run_inner_loop(model: Transformer, prefix_out: Tensor, targets: Tensor, loss
         fast = initial_fast_weights(model, batch, differentiable=create_graph)
     caches = model.empty_caches(batch, prefix_out.dtype, prefix_out.device)
     losses, nlls, norms, logits_all, history = [], [], [], [], []
-    for start in range(0, seq_len, chunk):
-        args = (model, update, create_graph, start, prefix_out[:, start:start + chunk],
-                targets[:, start:start + chunk], loss_mask[:, start:start + chunk], fast, caches)
+    # split, not slicing: one backward node for all chunks instead of a zero-filled [B, T, D] per chunk
+    pieces = zip(prefix_out.split(chunk, dim=1), targets.split(chunk, dim=1), loss_mask.split(chunk, dim=1))
+    for start, (h, y, m) in zip(range(0, seq_len, chunk), pieces):  # h: [B, C, D]; y, m: [B, C]
+        args = (model, update, create_graph, start, h, y, m, fast, caches)
         if checkpoint_chunks and create_graph:
             loss, nll, norm, logits, fast, caches = checkpoint(_chunk_step, *args, use_reentrant=False)
         else:

@@ -13,7 +13,8 @@ from lightning_ttt.cli import main
 from lightning_ttt.lit.cli import cli_main
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
+RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "data" not in p.relative_to(REPO / "recipes").parts)
+# recipes/data/*.yaml are data fragments stacked on a model recipe; tests/data/test_recipes.py loads them.
 SMALL = ["--data.seq_len=128", "--data.batch_size=2", "--data.max_val_windows=2", "--trainer.max_steps=2",
          "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1"]
 

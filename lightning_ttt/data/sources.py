@@ -1,0 +1,118 @@
+"""Source specs -> one streaming ``datasets.IterableDataset`` of records.
+
+A spec is ``stdlib`` (the running interpreter's standard library), a local file, directory or
+glob (``.txt``, ``.jsonl``, ``.json``, ``.parquet``), a directory written by ``ttt prepare``
+(it holds ``manifest.json``), or ``hf:<repo>[:<config>][@<split>]`` for a Hugging Face hub
+dataset streamed with ``load_dataset(..., streaming=True)`` (``<repo>`` may also be a local
+directory laid out like a hub repository, e.g. an offline mirror). Local files stream through
+``IterableDataset.from_generator`` with one shard per file, so raw files and their prepared
+shards split, shuffle and resume identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lightning_ttt.data.corpus import (
+    STDLIB,
+    TOKENS,
+    check_file,
+    expand_source,
+    file_kind,
+    generate_records,
+    stdlib_files,
+)
+
+HUB = "hf:"
+
+
+@dataclass
+class Records:
+    """A record stream plus what the pipeline needs to know about it."""
+
+    dataset: object  # datasets.IterableDataset
+    text_key: str
+    description: str
+    manifests: list[tuple[Path, dict]] = field(default_factory=list)  # prepared directories and their manifests
+
+    @property
+    def num_shards(self) -> int:
+        return self.dataset.num_shards
+
+
+def parse_hub(spec: str) -> tuple[str, str | None, str]:
+    """``hf:repo[:config][@split]`` -> (repo, config, split); the split defaults to ``train``."""
+    body = spec[len(HUB):]
+    body, _, split = body.partition("@")
+    repo, _, config = body.partition(":")
+    if not repo:
+        raise ValueError(f"source {spec!r}: expected hf:<repo>[:<config>][@<split>], e.g. hf:emozilla/pg19@train")
+    return repo, config or None, split or "train"
+
+
+def open_records(sources: Sequence[str], text_field: str = "text", invalid_utf8: str = "error",
+                 setting: str = "data.sources", check: bool = True) -> Records:
+    """One record stream over ``sources``; with ``check``, local files are checked up front."""
+    if isinstance(sources, str) or not sources:
+        raise ValueError(f"{setting} must be a non-empty list of source specs, got {sources!r}")
+    description = f"[{', '.join(sources)}]"
+    hub = [s for s in sources if s.startswith(HUB)]
+    if hub:
+        if len(sources) > 1:
+            raise ValueError(f"{setting}={description}: a hub source must be the only source "
+                             "(prepare several corpora into local shards with `ttt prepare` to mix them)")
+        return _open_hub(hub[0], text_field, description)
+    return _open_local(sources, text_field, invalid_utf8, description, check)
+
+
+def _open_hub(spec: str, text_field: str, description: str) -> Records:
+    from datasets import load_dataset
+
+    repo, config, split = parse_hub(spec)
+    try:
+        ds = load_dataset(repo, config, split=split, streaming=True)
+    except Exception as err:  # datasets raises many types (hub, network, missing split)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise ValueError(f"source {spec!r}: could not stream {repo!r} split {split!r} ({first})") from None
+    columns = ds.column_names
+    if columns is not None and text_field not in columns:
+        raise ValueError(f"source {spec!r}: no text field {text_field!r} (fields: {', '.join(columns)}); "
+                         "set data.text_field")
+    if columns is not None and len(columns) > 1:
+        ds = ds.select_columns([text_field])
+    return Records(ds, text_field, description)
+
+
+def _open_local(sources: Sequence[str], text_field: str, invalid_utf8: str, description: str,
+                check: bool) -> Records:
+    from datasets import IterableDataset
+
+    from lightning_ttt.data.prepare import read_manifest
+
+    paths: list[str] = []
+    names: list[str] = []
+    kinds: list[str] = []
+    manifests: list[tuple[Path, dict]] = []
+    for source in sources:
+        if source == STDLIB:
+            for name, path in stdlib_files():
+                paths.append(str(path)), names.append(name), kinds.append("txt")
+            continue
+        directory = Path(source).expanduser()
+        if (directory / "manifest.json").is_file():
+            manifest = read_manifest(directory)
+            manifests.append((directory, manifest))
+            for shard in manifest["shards"]:
+                paths.append(str(directory / shard["file"])), names.append(shard["file"]), kinds.append(TOKENS)
+            continue
+        for path in expand_source(source):
+            kind = file_kind(path)
+            if check:
+                check_file(path, kind, text_field)
+            paths.append(str(path)), names.append(path.as_posix()), kinds.append(kind)
+    gen_kwargs = {"paths": paths, "names": names, "kinds": kinds, "text_field": text_field,
+                  "invalid_utf8": invalid_utf8}
+    dataset = IterableDataset.from_generator(generate_records, gen_kwargs=gen_kwargs)
+    return Records(dataset, "text", description, manifests)
