@@ -14,6 +14,9 @@ training and evaluation (LightningCLI; `ttt fit --help` for all options):
 tools:
   verify-reference FIXTURE.npz      compare with numbers from the authors' JAX implementation
   prepare SOURCE... --out DIR       tokenize sources once into token shards (`ttt prepare --help`)
+  export CKPT --out DIR             write safetensors weights + config.json (loads without pickle)
+  generate (--ckpt CKPT | --model-dir DIR) [--prompt-file F]   stream generated text (`ttt generate --help`)
+  bench [--lengths 1024 4096 ...]   inference prefill/decode speed and memory vs context (`ttt bench --help`)
 """
 
 
@@ -47,7 +50,26 @@ def prepare(argv: list[str]) -> int:
     return prepare_main(argv)
 
 
-TOOLS = {"verify-reference": verify_reference, "prepare": prepare}
+def export(argv: list[str]) -> int:
+    from lightning_ttt.infer.cli import export_main
+
+    return export_main(argv)
+
+
+def generate(argv: list[str]) -> int:
+    from lightning_ttt.infer.cli import generate_main
+
+    return generate_main(argv)
+
+
+def bench(argv: list[str]) -> int:
+    from lightning_ttt.infer.bench import main as bench_main
+
+    return bench_main(argv)
+
+
+TOOLS = {"verify-reference": verify_reference, "prepare": prepare, "export": export, "generate": generate,
+         "bench": bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,163 @@
+"""Inference speed and memory against context length for fa, swa and e2e (prints and plots; never asserts).
+
+Each (method, context) runs in a fresh subprocess so that its peak memory is its own (peak RSS
+above the RSS after building the model on CPU; ``torch.cuda.max_memory_allocated`` on CUDA).
+Prefill feeds random ids in pieces of ``--piece`` tokens (the prompt is never held whole), then
+``--decode`` tokens are decoded greedily one at a time (for e2e this includes the TTT steps).
+The default geometry is the paper's scaled by 1/8: window k = 1024, mini-batch b = 128.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure(method: str, context: int, args: argparse.Namespace) -> dict:
+    """Prefill ``context`` tokens and decode ``args.decode`` more in this process; returns one row."""
+    from lightning_ttt.config import ModelConfig
+    from lightning_ttt.infer.session import InferenceSession
+    from lightning_ttt.model.transformer import Transformer
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset(args.preset, method, window=args.window, mini_batch=args.mini_batch)
+    device = torch.device(args.device)
+    model = Transformer(cfg).to(device).eval()
+    session = InferenceSession(model, 1, capacity=context + args.decode)
+    gen = torch.Generator().manual_seed(0)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() / 2**20 if cuda else _rss_mb()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    started, done = time.perf_counter(), 0
+    while done < context:
+        n = min(args.piece, context - done)
+        logits = session.feed(torch.randint(0, cfg.vocab_size, (1, n), generator=gen).to(device))
+        done += n
+    sync()
+    prefill = time.perf_counter() - started
+    token = logits[:, -1].argmax(-1, keepdim=True)  # [1, 1]
+    started = time.perf_counter()
+    for _ in range(args.decode):
+        token = session.feed(token)[:, -1].argmax(-1, keepdim=True)
+    sync()
+    decode = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
+    return {"method": method, "context": context, "prefill_s": prefill, "prefill_s_per_1k": prefill / context * 1024,
+            "decode_ms_per_token": decode / max(args.decode, 1) * 1e3, "peak_mem_mb": peak - base,
+            "device": str(device), "threads": args.threads, "window": cfg.window, "mini_batch": cfg.mini_batch}
+
+
+def run_fresh(method: str, context: int, args: argparse.Namespace) -> dict:
+    flags = ["--preset", args.preset, "--window", str(args.window), "--mini-batch", str(args.mini_batch),
+             "--decode", str(args.decode), "--piece", str(args.piece), "--threads", str(args.threads),
+             "--device", args.device]
+    cmd = [sys.executable, "-m", "lightning_ttt.infer.bench", "--one", method, str(context), *flags]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    if proc.returncode:
+        raise RuntimeError(f"{method} at {context}: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'method':<7}{'context':>9}{'prefill s/1K':>14}{'decode ms/tok':>15}{'peak MB':>10}")
+    for r in rows:
+        print(f"{r['method']:<7}{r['context']:>9}{r['prefill_s_per_1k']:>14.4f}{r['decode_ms_per_token']:>15.2f}"
+              f"{r['peak_mem_mb']:>10.1f}")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for key, ax, label in (("prefill_s_per_1k", axes[0], "prefill seconds per 1K tokens"),
+                           ("decode_ms_per_token", axes[1], "decode ms per token"),
+                           ("peak_mem_mb", axes[2], "peak memory (MB)")):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            pts = [(r["context"], r[key]) for r in rows if r["method"] == method]
+            ax.plot(*zip(*pts), marker="o", label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context length")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_tensorboard(rows: list[dict], logdir: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(logdir)) as writer:
+        for r in rows:
+            for key in ("prefill_s_per_1k", "decode_ms_per_token", "peak_mem_mb"):
+                writer.add_scalar(f"infer/{r['method']}/{key}", r[key], global_step=r["context"])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ttt bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=["fa", "swa", "e2e"], choices=["fa", "swa", "e2e"])
+    parser.add_argument("--lengths", nargs="+", type=int, default=list(DEFAULT_LENGTHS))
+    parser.add_argument("--preset", default="debug")
+    parser.add_argument("--window", type=int, default=1024)
+    parser.add_argument("--mini-batch", type=int, default=128)
+    parser.add_argument("--decode", type=int, default=128, help="tokens decoded after the prefill")
+    parser.add_argument("--piece", type=int, default=4096, help="prompt tokens fed per call")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per (method, context)")
+    parser.add_argument("--out", default="bench-results/infer_speed", help="writes OUT.json and OUT.png")
+    parser.add_argument("--tensorboard", default=None, help="also write TensorBoard scalars to this directory")
+    parser.add_argument("--one", nargs=2, metavar=("METHOD", "CONTEXT"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.one:
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args)))
+        return 0
+    rows = []
+    for context in sorted(args.lengths):
+        for method in args.methods:
+            try:
+                rows.append(run_fresh(method, context, args))
+            except (RuntimeError, subprocess.TimeoutExpired) as err:
+                print(f"skipped: {err}", file=sys.stderr)
+    print_table(rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(rows, out.with_suffix(".png"))
+    if args.tensorboard:
+        write_tensorboard(rows, Path(args.tensorboard))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Export a model as ``model.safetensors`` + ``config.json``, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from lightning_ttt.infer.loading import CONFIG, FORMAT, WEIGHTS
+from lightning_ttt.model.transformer import Transformer
+
+
+def export_model(model: Transformer, out: str | Path, tokenizer: str = "bytes") -> Path:
+    """Write ``out/`` via a temporary sibling directory renamed into place; ``out`` must not exist."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; choose a new --out directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        meta = {"format": FORMAT, "model": model.cfg.to_dict(), "tokenizer": tokenizer}
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
