@@ -24,6 +24,15 @@ def tiny_fixture() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny tensors: intra-op threads only add overhead (and stall badly on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -6,9 +6,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True, scope="package")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(autouse=True)
+def _single_thread(single_thread):
+    """Every inference test runs single-threaded (see tests/conftest.py)."""

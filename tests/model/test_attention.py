@@ -12,13 +12,7 @@ import lightning_ttt.model.attention as attention
 from lightning_ttt.model.attention import sequence_attention, window_mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: intra-op threads only add overhead (and stall badly on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 KERNELS = ("sdpa", "math", "explicit")

@@ -18,13 +18,7 @@ from lightning_ttt.tools.reference import Fixture, mode_from_settings, to_fixtur
 from lightning_ttt.tools.verify import compute_mode, verify
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: intra-op threads only add overhead (and stall badly on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 FIXTURE = Path(__file__).resolve().parents[2].parent / "shared/fixtures/reference_e2e/tiny.npz"

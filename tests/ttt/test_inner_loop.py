@@ -16,13 +16,7 @@ from lightning_ttt.ttt.objective import lm_loss
 from lightning_ttt.ttt.update import clip_scale, effective_inner_lr, global_norm, sgd_step
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: intra-op threads only add overhead (and stall badly on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_model(seed=0, std=0.5, **overrides) -> Transformer:
