@@ -17,6 +17,7 @@ tools:
   export CKPT --out DIR             write safetensors weights + config.json (loads without pickle)
   generate (--ckpt CKPT | --model-dir DIR) [--prompt-file F]   stream generated text (`ttt generate --help`)
   bench [--lengths 1024 4096 ...]   inference prefill/decode speed and memory vs context (`ttt bench --help`)
+  niah (--ckpt CKPT | --model-dir DIR) [--lengths ...]   RULER needle retrieval, inside/outside the window (`ttt niah --help`)
 """
 
 
@@ -68,8 +69,14 @@ def bench(argv: list[str]) -> int:
     return bench_main(argv)
 
 
+def niah(argv: list[str]) -> int:
+    from lightning_ttt.eval.niah import main as niah_main
+
+    return niah_main(argv)
+
+
 TOOLS = {"verify-reference": verify_reference, "prepare": prepare, "export": export, "generate": generate,
-         "bench": bench}
+         "bench": bench, "niah": niah}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,8 @@ class TTTLanguageModel(L.LightningModule):
         eval_ttt: run test-time training in validation/test for e2e models.
         vocab_size, bos_id, eos_id: the tokenizer's (linked from ``data`` by the CLI); they replace
             the preset's. ``config.vocab_size`` may still pad the vocabulary above ``vocab_size``.
+        init_from: a Lightning checkpoint whose weights (only) initialise the model when ``fit``
+            starts (extension fine-tuning); keys and shapes must match exactly.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class TTTLanguageModel(L.LightningModule):
         vocab_size: int | None = None,
         bos_id: int | None = None,
         eos_id: int | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -68,6 +71,11 @@ class TTTLanguageModel(L.LightningModule):
         self.val_token_nll = MeanMetric()
         self.val_position = PositionNLL(seq_len)
         self._batch_started = 0.0
+
+    def setup(self, stage: str) -> None:
+        check_strategy(self.trainer.strategy, self.cfg)
+        if stage == "fit" and self.hparams.init_from and self.trainer.ckpt_path is None:
+            load_weights(self, self.hparams.init_from)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint trained with another vocabulary is a clear error, not a shape mismatch."""
@@ -193,6 +201,48 @@ def _with_tokenizer(config: dict[str, Any], vocab_size: int | None, bos_id: int 
             raise ValueError(f"model.config.{name}={merged[name]} contradicts the tokenizer's {name}={value} "
                              "(data.tokenizer); remove it from model.config")
     return merged
+
+
+def check_strategy(strategy: Any, cfg: ModelConfig) -> None:
+    """Refuse strategies that cannot carry the meta-learning inner loop (gradients of gradients).
+
+    FSDP (Lightning's FSDPStrategy) and DeepSpeed ZeRO-3 shard or re-gather parameters around
+    each use, which loses or corrupts second-order gradients (reference/engineering-notes.md §4).
+    ``strategy`` is a Lightning strategy object or its registry name.
+    """
+    if not cfg.ttt_in_training:
+        return
+    if isinstance(strategy, str):
+        name, stage = strategy, 3 if "stage_3" in strategy else None
+    else:
+        name = type(strategy).__name__
+        stage = (getattr(strategy, "config", None) or {}).get("zero_optimization", {}).get("stage")
+    name = name.lower()
+    if name.startswith("fsdp") or (name.startswith("deepspeed") and stage == 3):
+        raise ValueError(f"trainer.strategy={strategy if isinstance(strategy, str) else type(strategy).__name__} "
+                         f"cannot train method=e2e with meta-learning (sharded parameters lose gradients of "
+                         "gradients); use ddp or deepspeed_stage_1/2")
+
+
+def load_weights(module: L.LightningModule, path: str) -> None:
+    """Copy ``state_dict`` from a Lightning checkpoint into ``module`` (weights only, strict keys and shapes)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    except FileNotFoundError:
+        raise ValueError(f"model.init_from={path}: no such checkpoint") from None
+    except (KeyError, TypeError):
+        raise ValueError(f"model.init_from={path}: not a Lightning checkpoint (no state_dict)") from None
+    own = {k: v for k, v in module.state_dict().items() if k.startswith("model.")}
+    saved = {k: v for k, v in saved.items() if k.startswith("model.")}
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"model.init_from={path}: keys differ (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+                         "the checkpoint is for another method or size")
+    for key, value in saved.items():
+        if value.shape != own[key].shape:
+            raise ValueError(f"model.init_from={path}: {key} has shape {tuple(value.shape)}, the model "
+                             f"{tuple(own[key].shape)}; the checkpoint is for another size or vocabulary")
+    module.load_state_dict(saved, strict=False)
 
 
 class WarmupCosine:
