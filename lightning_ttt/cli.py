@@ -16,6 +16,7 @@ tools:
   prepare SOURCE... --out DIR       tokenize sources once into token shards (`ttt prepare --help`)
   export CKPT --out DIR             write safetensors weights + config.json (loads without pickle)
   generate (--ckpt CKPT | --model-dir DIR) [--prompt-file F]   stream generated text (`ttt generate --help`)
+  plan --config RECIPE [--config ...]   parameters, FLOPs/token and memory per device of a recipe
   bench [--lengths 1024 4096 ...]   inference prefill/decode speed and memory vs context (`ttt bench --help`)
   niah (--ckpt CKPT | --model-dir DIR) [--lengths ...]   RULER needle retrieval, inside/outside the window (`ttt niah --help`)
 """
@@ -75,8 +76,14 @@ def niah(argv: list[str]) -> int:
     return niah_main(argv)
 
 
+def plan(argv: list[str]) -> int:
+    from lightning_ttt.tools.plan import main as plan_main
+
+    return plan_main(argv)
+
+
 TOOLS = {"verify-reference": verify_reference, "prepare": prepare, "export": export, "generate": generate,
-         "bench": bench, "niah": niah}
+         "bench": bench, "niah": niah, "plan": plan}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,120 @@
+"""``ttt plan --config RECIPE [--config ...]``: size, compute and memory of a recipe before launching it.
+
+Parameters are counted on the meta device (exact; the tied embedding/head once). Formulas (per
+training token, forward + backward):
+
+* FLOPs = 6·N + 12·L·d·c, with N all parameters (the tied head is a matmul), L blocks, d width
+  and c the mean attended context: T/2 for full causal attention, min(window, T/2)-ish
+  ``w·(1 - w/2T)`` for a sliding window. e2e meta-training adds about 12·N_s for the inner
+  gradient and its second-order backward (N_s: suffix blocks + head), an estimate.
+* Memory per device = weights, gradients and AdamW moments in fp32 (16 B/param; ZeRO-1 shards
+  the 8 B of moments, ZeRO-2 also the 4 B of gradients) + activations of one micro-batch:
+  bf16 (12·d + 3·h)·2 B per token per block (no attention scores: fused/windowed kernels), the
+  fp32 logits and their gradient (8·V B per token), and for e2e the fast weights kept for every
+  inner step (T/b copies of the prime MLPs, fp32) plus the suffix's inner-backward graph. With
+  ``checkpoint_chunks`` the suffix keeps one mini-batch of activations instead of T. Rough: it
+  is meant to flag recipes that cannot fit, not to replace a profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from lightning_ttt.config import ModelConfig
+
+DEVICE_GB = 80.0
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge like jsonargparse's stacked --config files (dicts merge, everything else replaces)."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_recipe(paths: list[str]) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    for path in paths:
+        spec = merge(spec, yaml.safe_load(Path(path).read_text()) or {})
+    return spec
+
+
+def model_config(spec: dict[str, Any]) -> ModelConfig:
+    model = spec.get("model") or {}
+    return ModelConfig.from_preset(model.get("preset", "debug"), model.get("method", "e2e"), **(model.get("config") or {}))
+
+
+def counts(cfg: ModelConfig) -> dict[str, int]:
+    """Total, fast-weight (prime MLP) and suffix+head parameter counts, from a meta-device model."""
+    from lightning_ttt.model.transformer import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    total = sum(p.numel() for p in model.parameters())
+    fast = sum(p.numel() for n, p in model.named_parameters() if ".prime." in n)
+    suffix = sum(p.numel() for b in model.blocks[cfg.prefix_len:] for p in b.parameters()) if cfg.has_prime else 0
+    return {"total": total, "fast": fast, "suffix_and_head": suffix + cfg.vocab_size * cfg.d_model}
+
+
+def plan(spec: dict[str, Any]) -> dict[str, Any]:
+    cfg = model_config(spec)
+    data, trainer = spec.get("data") or {}, spec.get("trainer") or {}
+    seq_len, micro = int(data.get("seq_len", 256)), int(data.get("batch_size", 1))
+    devices = trainer.get("devices", 1)
+    devices = devices if isinstance(devices, int) else 1
+    world = devices * int(trainer.get("num_nodes", 1))
+    accumulate = int(trainer.get("accumulate_grad_batches", 1))
+    strategy = str(trainer.get("strategy", "auto"))
+    n = counts(cfg)
+    d, h, L, V, T = cfg.d_model, cfg.mlp_hidden, cfg.n_layers, cfg.vocab_size, seq_len
+    w = T if cfg.method == "fa" else min(cfg.window, T)
+    context = w * (1 - w / (2 * T))
+    flops = 6 * n["total"] + 12 * L * d * context + (12 * n["suffix_and_head"] if cfg.ttt_in_training else 0)
+    shard = world if "deepspeed" in strategy else 1
+    state = n["total"] * (4 + (4 / shard if "stage_2" in strategy else 4) + (8 / shard if "stage" in strategy else 8))
+    tokens = micro * T
+    block = (12 * d + 3 * h) * 2
+    act = tokens * (L * block + 8 * V)
+    if cfg.ttt_in_training:
+        suffix_tokens = micro * cfg.mini_batch if cfg.checkpoint_chunks else tokens
+        act += 2 * suffix_tokens * cfg.suffix_len * block + micro * (T // cfg.mini_batch) * n["fast"] * 4
+    total_gb = (state + act) / 2**30
+    return {"name": cfg.name, "params": n["total"], "fast_params": n["fast"], "seq_len": T, "micro_batch": micro,
+            "world": world, "accumulate": accumulate, "tokens_per_step": tokens * world * accumulate,
+            "strategy": strategy, "checkpoint_chunks": cfg.checkpoint_chunks, "flops_per_token": flops,
+            "state_gb": state / 2**30, "activation_gb": act / 2**30, "memory_gb": total_gb,
+            "fits": total_gb <= DEVICE_GB}
+
+
+def render(p: dict[str, Any]) -> str:
+    lines = [
+        f"model            {p['name']}: {p['params'] / 1e6:.1f}M parameters, {p['fast_params'] / 1e6:.1f}M fast weights",
+        f"batch            {p['world']} devices x {p['micro_batch']} x {p['seq_len']} tokens x accumulate "
+        f"{p['accumulate']} = {p['tokens_per_step']:,} tokens/step ({p['strategy']})",
+        f"FLOPs/token      {p['flops_per_token'] / 1e9:.2f} GFLOP (6N + 12·L·d·ctx [+ 12·N_suffix+head for e2e])",
+        f"memory/device    {p['memory_gb']:.1f} GB = {p['state_gb']:.1f} GB weights+grads+AdamW (fp32) + "
+        f"{p['activation_gb']:.1f} GB activations (checkpoint_chunks={p['checkpoint_chunks']})",
+    ]
+    if not p["fits"]:
+        lines.append(f"WARNING: about {p['memory_gb']:.0f} GB per device will not fit an {DEVICE_GB:.0f} GB GPU; lower "
+                     "data.batch_size and raise trainer.accumulate_grad_batches, or set model.config.checkpoint_chunks")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="ttt plan", description="Parameters, FLOPs and memory of a recipe.")
+    parser.add_argument("--config", action="append", required=True, help="recipe YAML (repeat to stack)")
+    args = parser.parse_args(argv)
+    try:
+        print(render(plan(load_recipe(args.config))))
+    except (OSError, ValueError) as err:
+        print(f"ttt plan: error: {err}", file=sys.stderr)
+        return 2
+    return 0
