@@ -73,7 +73,8 @@ class ModelConfig:
     meta_learning: bool = True
     # Execution policies (do not change the function computed).
     attention_kernel: str = "auto"
-    checkpoint_chunks: bool = False
+    checkpoint_chunks: bool = False  # recompute each inner-loop mini-batch in the backward pass
+    checkpoint_blocks: bool = False  # recompute each whole-sequence block (prefix, fa, swa) in the backward pass
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from lightning_ttt.config import ModelConfig
 from lightning_ttt.model.attention import attend, flash_attn_available, sequence_attention, window_mask
@@ -144,18 +145,22 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: Tensor) -> Tensor:
         """Hidden states after every block, whole sequence, outer weights. [B, T] -> [B, T, D]."""
-        h = self.embed(input_ids)
-        kernel = self.sequence_kernel()
-        for block in self.blocks:
-            h = block(h, self.window, kernel)
-        return h
+        return self._run_blocks(self.embed(input_ids), self.blocks)
 
     def prefix(self, input_ids: Tensor) -> Tensor:
         """Embedding and the blocks without fast weights, run once over the sequence. [B, T] -> [B, T, D]."""
-        h = self.embed(input_ids)
+        return self._run_blocks(self.embed(input_ids), self.blocks[: self.cfg.prefix_len])
+
+    def _run_blocks(self, h: Tensor, blocks) -> Tensor:
+        """Whole-sequence blocks; with ``checkpoint_blocks`` each block is recomputed in the backward
+        pass (non-reentrant activation checkpointing) instead of keeping its activations."""
         kernel = self.sequence_kernel()
-        for block in self.blocks[: self.cfg.prefix_len]:
-            h = block(h, self.window, kernel)
+        recompute = self.cfg.checkpoint_blocks and torch.is_grad_enabled()
+        for block in blocks:
+            if recompute:
+                h = checkpoint(block, h, self.window, kernel, use_reentrant=False)
+            else:
+                h = block(h, self.window, kernel)
         return h
 
     @property

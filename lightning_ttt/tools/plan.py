@@ -81,14 +81,15 @@ def plan(spec: dict[str, Any]) -> dict[str, Any]:
     state = n["total"] * (4 + (4 / shard if "stage_2" in strategy else 4) + (8 / shard if "stage" in strategy else 8))
     tokens = micro * T
     block = (12 * d + 3 * h) * 2
-    act = tokens * (L * block + 8 * V)
+    kept = d * 2 if cfg.checkpoint_blocks else block  # checkpoint_blocks keeps only each block's input
+    act = tokens * (L * kept + (block if cfg.checkpoint_blocks else 0) + 8 * V)
     if cfg.ttt_in_training:
         suffix_tokens = micro * cfg.mini_batch if cfg.checkpoint_chunks else tokens
         act += 2 * suffix_tokens * cfg.suffix_len * block + micro * (T // cfg.mini_batch) * n["fast"] * 4
     total_gb = (state + act) / 2**30
     return {"name": cfg.name, "params": n["total"], "fast_params": n["fast"], "seq_len": T, "micro_batch": micro,
             "world": world, "accumulate": accumulate, "tokens_per_step": tokens * world * accumulate,
-            "strategy": strategy, "checkpoint_chunks": cfg.checkpoint_chunks, "flops_per_token": flops,
+            "strategy": strategy, "checkpoint_chunks": cfg.checkpoint_chunks, "checkpoint_blocks": cfg.checkpoint_blocks, "flops_per_token": flops,
             "state_gb": state / 2**30, "activation_gb": act / 2**30, "memory_gb": total_gb,
             "fits": total_gb <= DEVICE_GB}
 
@@ -100,11 +101,12 @@ def render(p: dict[str, Any]) -> str:
         f"{p['accumulate']} = {p['tokens_per_step']:,} tokens/step ({p['strategy']})",
         f"FLOPs/token      {p['flops_per_token'] / 1e9:.2f} GFLOP (6N + 12·L·d·ctx [+ 12·N_suffix+head for e2e])",
         f"memory/device    {p['memory_gb']:.1f} GB = {p['state_gb']:.1f} GB weights+grads+AdamW (fp32) + "
-        f"{p['activation_gb']:.1f} GB activations (checkpoint_chunks={p['checkpoint_chunks']})",
+        f"{p['activation_gb']:.1f} GB activations (checkpoint_blocks={p['checkpoint_blocks']}, "
+        f"checkpoint_chunks={p['checkpoint_chunks']})",
     ]
     if not p["fits"]:
         lines.append(f"WARNING: about {p['memory_gb']:.0f} GB per device will not fit an {DEVICE_GB:.0f} GB GPU; lower "
-                     "data.batch_size and raise trainer.accumulate_grad_batches, or set model.config.checkpoint_chunks")
+                     "data.batch_size and raise trainer.accumulate_grad_batches, or set model.config.checkpoint_blocks / checkpoint_chunks")
     return "\n".join(lines)
 
 

@@ -162,3 +162,26 @@ def test_parameter_counts_match_paper(preset):
     assert e2e.num_parameters() - e2e.num_parameters(exclude_prime=True) == prime
     assert len(e2e.fast_weights()) == 3 * e2e.cfg.suffix_len
     assert fa.fast_weights() == {}
+
+
+@pytest.mark.parametrize("method", ["fa", "e2e"])
+def test_block_checkpointing_gives_the_same_loss_and_gradients(method: str) -> None:
+    """Activation checkpointing per whole-sequence block is a memory policy: same function, same gradients."""
+    from functools import partial
+
+    from lightning_ttt.ttt.update import sgd_step
+
+    results = []
+    for recompute in (False, True):
+        model = small_model(method=method, suffix_len=1 if method == "e2e" else 0,
+                            checkpoint_blocks=recompute).double()
+        ids = torch.randint(0, 37, (2, 13), generator=torch.Generator().manual_seed(1))
+        mask = torch.ones(2, 12, dtype=torch.bool)
+        out = lm_loss(model, ids[:, :-1], ids[:, 1:], mask, ttt=method == "e2e", create_graph=True,
+                      update=partial(sgd_step, lr=0.5, clip=1.0))
+        out.loss.backward()
+        results.append((out.loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=0, atol=1e-12)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
