@@ -59,6 +59,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     hp: Any = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hp, dict) or "preset" not in hp or "method" not in hp or "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a lightning_ttt checkpoint (no state_dict or hyper_parameters.preset/method)")
+    hp = {k: v for k, v in hp.items() if not k.startswith("_")}  # LightningCLI adds e.g. `_instantiator`
     try:
         module = TTTLanguageModel(**hp)
     except TypeError as err:

@@ -38,7 +38,7 @@ def test_deterministic_for_a_seed():
 
 
 def test_lengths_exact_in_tokens_and_needle_in_place():
-    for s in _grid(lengths=(150, 257, 512)):
+    for s in _grid(lengths=(200, 257, 512)):
         assert len(s.prompt) == s.length
         assert s.prompt[0] == TOK.bos_id
         needle = TOK.decode(s.prompt[s.needle_start:s.needle_end])
@@ -50,7 +50,9 @@ def test_lengths_exact_in_tokens_and_needle_in_place():
         else:
             assert re.fullmatch(r"\d{7}", s.value)
     shallow, deep = (make_sample("niah_1", 400, d, 0, 0, TOK, None, None) for d in (0.0, 1.0))
-    assert shallow.needle_start < 120 < 300 < deep.needle_start
+    header = len(TOK.encode("Remember the magic number hidden in this text.\n")) + 1
+    assert shallow.needle_start == header  # depth 0: right after the header
+    assert TOK.decode(deep.prompt[deep.needle_end:]).startswith("\nThe special magic number")  # depth 1: at the end
     with pytest.raises(ValueError, match="too short"):
         make_sample("niah_1", 60, 0.5, 0, 0, TOK, None, None)
 
@@ -70,7 +72,7 @@ def test_oracle_scores_one_and_constant_scores_zero():
 
 
 def test_inside_outside_split():
-    assert inside_window(190, 256, 64) and inside_window(192, 256, 64) and not inside_window(191, 256, 64)
+    assert inside_window(200, 256, 64) and inside_window(192, 256, 64) and not inside_window(191, 256, 64)
     assert inside_window(0, 10_000, None)  # full attention: always inside
     samples = make_samples(["niah_1"], [256], [0.0, 1.0], 1, 0, TOK, window=128)
     first, last = samples

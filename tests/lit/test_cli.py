@@ -82,6 +82,10 @@ def test_short_fit_leaves_checkpoint_and_tensorboard_logs(method: str, tmp_path:
     assert "val/nll_by_position" in events.Tags()["images"]
     if method == "e2e":
         assert {"ttt/inner_grad_norm_mean", "ttt/inner_lr_multiplier"} <= scalars
+    from lightning_ttt.infer.loading import load_checkpoint
+
+    loaded = load_checkpoint(ckpt)  # a checkpoint written through the CLI loads for inference
+    torch.testing.assert_close(loaded.model.embed.weight, state["state_dict"]["model.embed.weight"])
     losses = [e.value for e in events.Scalars("train/loss")]
     assert all(torch.isfinite(torch.tensor(losses)))
 
