@@ -85,6 +85,20 @@ def _open_hub(spec: str, text_field: str, description: str) -> Records:
     return Records(ds, text_field, description)
 
 
+def name_within_source(source: str, path: Path) -> str:
+    """A file's document name relative to its source — the directory, the glob's fixed prefix, or the
+    file itself — so the hash split does not depend on where the corpus lives."""
+    parts = Path(source).expanduser().parts
+    fixed = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), None)
+    root = Path(*parts[:fixed]) if fixed is not None else Path(source).expanduser()
+    if fixed is None and not root.is_dir():
+        return path.name
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
 def _open_local(sources: Sequence[str], text_field: str, invalid_utf8: str, description: str,
                 check: bool) -> Records:
     from datasets import IterableDataset
@@ -111,7 +125,7 @@ def _open_local(sources: Sequence[str], text_field: str, invalid_utf8: str, desc
             kind = file_kind(path)
             if check:
                 check_file(path, kind, text_field)
-            paths.append(str(path)), names.append(path.as_posix()), kinds.append(kind)
+            paths.append(str(path)), names.append(name_within_source(source, path)), kinds.append(kind)
     gen_kwargs = {"paths": paths, "names": names, "kinds": kinds, "text_field": text_field,
                   "invalid_utf8": invalid_utf8}
     dataset = IterableDataset.from_generator(generate_records, gen_kwargs=gen_kwargs)

@@ -40,7 +40,7 @@ def test_txt_keeps_raw_bytes(tmp_path):
     f = tmp_path / "a.txt"
     f.write_bytes("hello ✓\n".encode() + b"\xff")
     (rec,) = records([f])
-    assert rec == {"name": f.as_posix(), "text": f.read_bytes()}
+    assert rec == {"name": "a.txt", "text": f.read_bytes()}  # named within its source: location-independent
 
 
 def test_jsonl_json_parquet_names_and_fields(tmp_path):
@@ -48,9 +48,8 @@ def test_jsonl_json_parquet_names_and_fields(tmp_path):
     (tmp_path / "e.json").write_text(json.dumps([{"body": "x"}, {"body": "yy"}]))
     pq.write_table(pa.table({"body": ["p0", "p1"], "other": [1, 2]}), tmp_path / "f.parquet")
     recs = records([tmp_path], text_field="body")
-    base = tmp_path.as_posix()
-    assert [r["name"] for r in recs] == [f"{base}/d.jsonl:1", f"{base}/d.jsonl:3", f"{base}/e.json:0",
-                                         f"{base}/e.json:1", f"{base}/f.parquet:0", f"{base}/f.parquet:1"]
+    assert [r["name"] for r in recs] == ["d.jsonl:1", "d.jsonl:3", "e.json:0",
+                                         "e.json:1", "f.parquet:0", "f.parquet:1"]  # relative to the source
     assert [r["text"] for r in recs] == ["one", "two", "x", "yy", "p0", "p1"]
 
 
@@ -64,6 +63,8 @@ def test_directory_and_glob_sources(tmp_path):
     assert sorted(texts([tmp_path / "**" / "*.txt"])) == ["a", "b"]
     assert texts([tmp_path / "b.txt", tmp_path / "sub" / "*.jsonl"]) == ["b", "c1", "c2"]
     assert open_records([str(tmp_path)]).num_shards == 3
+    names = [r["name"] for r in records([tmp_path / "**" / "*.txt"])]
+    assert sorted(names) == ["b.txt", "sub/a.txt"]  # relative to the glob's fixed prefix
 
 
 @pytest.mark.parametrize("name, write, pattern", [

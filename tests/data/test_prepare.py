@@ -28,7 +28,7 @@ def test_prepared_shards_give_the_same_batches_as_raw_files(corpus, tmp_path, bp
     tok = str(bpe_path) if tokenizer == "bpe" else "bytes"
     manifest = prepare([str(corpus)], tmp_path / "prep", tokenizer=tok, progress=False)
     assert manifest["complete"] and manifest["num_shards"] == 4 and manifest["dtype"] == "uint16"
-    settings = dict(tokenizer=tok, packing=packing, seq_len=32, batch_size=3, val_fraction=0.2,
+    settings = dict(tokenizer=tok, packing=packing, seq_len=32, batch_size=3, val_fraction=0.4,
                     max_val_windows=None, num_workers=workers, shuffle_buffer=16)
     raw = LongContextDataModule(sources=[str(corpus)], **settings)
     prepared = LongContextDataModule(sources=[str(tmp_path / "prep")], **settings)
@@ -49,7 +49,7 @@ def test_manifest_and_shard_layout(corpus, tmp_path):
     assert table.schema.field("tokens").type.value_type == pa.uint16()
     text = json.loads((corpus / "part-000.jsonl").read_text().splitlines()[0])["text"]
     assert table.column("tokens")[0].as_py() == list(text.encode())  # document boundaries are the rows
-    assert table.column("name")[0].as_py() == f"{(corpus / 'part-000.jsonl').as_posix()}:1"
+    assert table.column("name")[0].as_py() == "part-000.jsonl:1"  # named within the source directory
     assert sum(s["num_tokens"] for s in manifest["shards"]) == sum(
         len(json.loads(line)["text"].encode()) for f in sorted(corpus.iterdir()) for line in f.read_text().splitlines())
 
