@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
@@ -46,44 +47,24 @@ def verify_reference(argv: list[str]) -> int:
     return 0 if report["passed"] else 1
 
 
-def prepare(argv: list[str]) -> int:
-    from lightning_ttt.data.prepare import main as prepare_main
+def _lazy(module: str, function: str = "main"):
+    """A tool entry point imported only when its command runs (keeps `ttt --help` fast)."""
 
-    return prepare_main(argv)
+    def run(argv: list[str]) -> int:
+        return getattr(importlib.import_module(module), function)(argv)
 
-
-def export(argv: list[str]) -> int:
-    from lightning_ttt.infer.cli import export_main
-
-    return export_main(argv)
+    return run
 
 
-def generate(argv: list[str]) -> int:
-    from lightning_ttt.infer.cli import generate_main
-
-    return generate_main(argv)
-
-
-def bench(argv: list[str]) -> int:
-    from lightning_ttt.infer.bench import main as bench_main
-
-    return bench_main(argv)
-
-
-def niah(argv: list[str]) -> int:
-    from lightning_ttt.eval.niah import main as niah_main
-
-    return niah_main(argv)
-
-
-def plan(argv: list[str]) -> int:
-    from lightning_ttt.tools.plan import main as plan_main
-
-    return plan_main(argv)
-
-
-TOOLS = {"verify-reference": verify_reference, "prepare": prepare, "export": export, "generate": generate,
-         "bench": bench, "niah": niah, "plan": plan}
+TOOLS = {
+    "verify-reference": verify_reference,
+    "prepare": _lazy("lightning_ttt.data.prepare"),
+    "export": _lazy("lightning_ttt.infer.cli", "export_main"),
+    "generate": _lazy("lightning_ttt.infer.cli", "generate_main"),
+    "bench": _lazy("lightning_ttt.infer.bench"),
+    "niah": _lazy("lightning_ttt.eval.niah"),
+    "plan": _lazy("lightning_ttt.tools.plan"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
