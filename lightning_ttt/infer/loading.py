@@ -31,9 +31,9 @@ class LoadedModel:
 
 
 def _load_weights(model: Transformer, state: dict[str, torch.Tensor], source: str) -> None:
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    from lightning_ttt.lit.checkpoint_io import state_mismatch
+
+    missing, unexpected, wrong = state_mismatch(model.state_dict(), state)
     if missing or unexpected or wrong:
         detail = "; ".join(part for part in (
             f"missing {', '.join(missing[:3])}" if missing else "",

@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric
 
 from lightning_ttt.config import ModelConfig
 from lightning_ttt.eval.position import PositionNLL, log2_buckets, plot_nll_by_position
+from lightning_ttt.lit.checkpoint_io import state_mismatch
 from lightning_ttt.model.transformer import Transformer, masked_mean
 from lightning_ttt.ttt.objective import LMOutput, lm_loss
 from lightning_ttt.ttt.update import FastWeights, effective_inner_lr, sgd_step
@@ -234,14 +235,14 @@ def load_weights(module: L.LightningModule, path: str) -> None:
         raise ValueError(f"model.init_from={path}: not a Lightning checkpoint (no state_dict)") from None
     own = {k: v for k, v in module.state_dict().items() if k.startswith("model.")}
     saved = {k: v for k, v in saved.items() if k.startswith("model.")}
-    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    missing, unexpected, wrong = state_mismatch(own, saved)
     if missing or unexpected:
         raise ValueError(f"model.init_from={path}: keys differ (missing {missing[:3]}, unexpected {unexpected[:3]}); "
                          "the checkpoint is for another method or size")
-    for key, value in saved.items():
-        if value.shape != own[key].shape:
-            raise ValueError(f"model.init_from={path}: {key} has shape {tuple(value.shape)}, the model "
-                             f"{tuple(own[key].shape)}; the checkpoint is for another size or vocabulary")
+    if wrong:
+        key = wrong[0]
+        raise ValueError(f"model.init_from={path}: {key} has shape {tuple(saved[key].shape)}, the model "
+                         f"{tuple(own[key].shape)}; the checkpoint is for another size or vocabulary")
     module.load_state_dict(saved, strict=False)
 
 
