@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -33,7 +34,8 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, world: int, init: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))  # a stuck peer fails the test instead of hanging CI
     try:
         model = _model()
         ddp = DistributedDataParallel(model)
