@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup train test bench verify clean
+.PHONY: setup train test sweep bench verify clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ train: setup  ## the main job: TTT-E2E on the debug model, embedded corpus, CPU
 
 test: setup  ## the test suite (reads ../shared/fixtures/reference_e2e)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+sweep: setup  ## loss vs context length for fa, swa, e2e at 1/8 of the paper's geometry (about an hour on 2 CPU cores)
+	$(BIN)/ttt sweep recipes/debug/sweep-context.yaml
 
 verify: setup  ## parity with the authors' JAX numbers, float32 and float64
 	$(BIN)/ttt verify-reference ../shared/fixtures/reference_e2e/tiny.npz --dtype float32

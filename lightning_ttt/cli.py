@@ -20,6 +20,8 @@ tools:
   plan --config RECIPE [--config ...]   parameters, FLOPs/token and memory per device of a recipe
   bench [--lengths 1024 4096 ...]   inference prefill/decode speed and memory vs context (`ttt bench --help`)
   niah (--ckpt CKPT | --model-dir DIR) [--lengths ...]   RULER needle retrieval, inside/outside the window (`ttt niah --help`)
+  eval-context CKPT --lengths 1024 4096 ... --out DIR     loss by context length and by position (`ttt eval-context --help`)
+  sweep SWEEP.yaml [--dry-run]      pretrain, extend, evaluate a methods x lengths grid (`ttt sweep --help`)
 """
 
 
@@ -64,6 +66,8 @@ TOOLS = {
     "bench": _lazy("lightning_ttt.infer.bench"),
     "niah": _lazy("lightning_ttt.eval.niah"),
     "plan": _lazy("lightning_ttt.tools.plan"),
+    "eval-context": _lazy("lightning_ttt.eval.context"),
+    "sweep": _lazy("lightning_ttt.eval.sweep"),
 }
 
 

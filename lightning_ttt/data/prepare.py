@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lightning_ttt.io import atomic_write_json
+
 FORMAT = "lightning_ttt.tokens/1"
 MANIFEST = "manifest.json"
 _ROWS_PER_WRITE = 64  # documents buffered before a parquet row group is written
@@ -85,11 +87,11 @@ def prepare(sources: Sequence[str], out: str | Path, tokenizer: str = "bytes", t
         docs = (reader(first_record(batch)) for batch in shard.iter(batch_size=1))  # split 'all': never None
         entry = _write_shard(out, index, docs, settings["dtype"], bar)
         manifest["shards"].append(entry)
-        _write_json(out / MANIFEST, manifest)
+        atomic_write_json(out / MANIFEST, manifest)
         bar.set_postfix(tokens=f"{sum(s['num_tokens'] for s in manifest['shards']):,}", refresh=False)
     bar.close()
     manifest["complete"] = True
-    _write_json(out / MANIFEST, manifest)
+    atomic_write_json(out / MANIFEST, manifest)
     return manifest
 
 
@@ -110,7 +112,7 @@ def _start(out: Path, settings: dict, overwrite: bool) -> dict:
         raise ValueError(f"{out} exists and is not a `ttt prepare` directory; choose an empty or new --out")
     out.mkdir(parents=True, exist_ok=True)
     manifest = {**settings, "shards": [], "complete": False}
-    _write_json(path, manifest)
+    atomic_write_json(path, manifest)
     return manifest
 
 
@@ -149,12 +151,6 @@ def _write_shard(out: Path, index: int, docs, dtype: str, bar) -> dict:
         tmp.unlink(missing_ok=True)
         raise
     return {"index": index, "file": name, "num_docs": num_docs, "num_tokens": num_tokens}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def main(argv: list[str]) -> int:

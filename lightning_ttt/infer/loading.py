@@ -44,10 +44,8 @@ def _load_weights(model: Transformer, state: dict[str, torch.Tensor], source: st
     model.load_state_dict(state)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedModel:
-    """A ``TTTLanguageModel`` Lightning checkpoint -> model, its ``inner_update`` hook, tokenizer spec."""
-    from lightning_ttt.lit.module import TTTLanguageModel
-
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict[str, Any]]:
+    """Safely load a ``TTTLanguageModel`` Lightning checkpoint -> (checkpoint dict, model hyper-parameters)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -59,14 +57,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     hp: Any = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hp, dict) or "preset" not in hp or "method" not in hp or "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a lightning_ttt checkpoint (no state_dict or hyper_parameters.preset/method)")
-    hp = {k: v for k, v in hp.items() if not k.startswith("_")}  # LightningCLI adds e.g. `_instantiator`
+    return ckpt, {k: v for k, v in hp.items() if not k.startswith("_")}  # LightningCLI adds e.g. `_instantiator`
+
+
+def build_module(ckpt: dict, hp: dict[str, Any], source: str):
+    """A ``TTTLanguageModel`` from hyper-parameters ``hp`` holding the checkpoint's weights, in eval mode."""
+    from lightning_ttt.lit.module import TTTLanguageModel
+
     try:
         module = TTTLanguageModel(**hp)
     except TypeError as err:
-        raise ValueError(f"{path} is not a TTTLanguageModel checkpoint ({err})") from None
+        raise ValueError(f"{source} is not a TTTLanguageModel checkpoint ({err})") from None
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    _load_weights(module.model, state, str(path))
-    module.eval()
+    _load_weights(module.model, state, source)
+    return module.eval()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedModel:
+    """A ``TTTLanguageModel`` Lightning checkpoint -> model, its ``inner_update`` hook, tokenizer spec."""
+    ckpt, hp = read_checkpoint(path, map_location)
+    module = build_module(ckpt, hp, str(path))
     tokenizer = (ckpt.get("datamodule_hyper_parameters") or {}).get("tokenizer", "bytes")
     return LoadedModel(module.model, module.inner_update, tokenizer if isinstance(tokenizer, str) else "bytes")
 

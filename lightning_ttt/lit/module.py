@@ -17,9 +17,10 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lightning_ttt.config import ModelConfig
-from lightning_ttt.eval.position import PositionNLL, log2_buckets, plot_nll_by_position
+from lightning_ttt.eval.position import (PositionCurve, PositionNLL, plot_nll_by_position, position_report,
+                                         write_position_report)
 from lightning_ttt.lit.checkpoint_io import state_mismatch
-from lightning_ttt.model.transformer import Transformer, masked_mean
+from lightning_ttt.model.transformer import Transformer
 from lightning_ttt.ttt.objective import LMOutput, lm_loss
 from lightning_ttt.ttt.update import FastWeights, effective_inner_lr, sgd_step
 
@@ -41,6 +42,8 @@ class TTTLanguageModel(L.LightningModule):
             the preset's. ``config.vocab_size`` may still pad the vocabulary above ``vocab_size``.
         init_from: a Lightning checkpoint whose weights (only) initialise the model when ``fit``
             starts (extension fine-tuning); keys and shapes must match exactly.
+        position_buckets: fixed-width position buckets of the per-position NLL report (the
+            log-spaced ones start at ``mini_batch`` and double).
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class TTTLanguageModel(L.LightningModule):
         bos_id: int | None = None,
         eos_id: int | None = None,
         init_from: str | None = None,
+        position_buckets: int = 16,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -67,10 +71,13 @@ class TTTLanguageModel(L.LightningModule):
         self.cfg.check_seq_len(seq_len, "data.seq_len")
         if not 0 <= warmup_fraction < 1:
             raise ValueError(f"model.warmup_fraction={warmup_fraction} must be in [0, 1)")
+        if position_buckets < 1:
+            raise ValueError(f"model.position_buckets={position_buckets} must be >= 1")
         self.model = Transformer(self.cfg)
         self.val_loss = MeanMetric()
         self.val_token_nll = MeanMetric()
         self.val_position = PositionNLL(seq_len)
+        self.last_eval: dict[str, Any] = {}  # the latest validation/test result: loss, nll, ppl, curve
         self._batch_started = 0.0
 
     def setup(self, stage: str) -> None:
@@ -143,10 +150,11 @@ class TTTLanguageModel(L.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         out = self._evaluate(batch)
         self.val_loss.update(out.chunk_loss.mean(1))
-        self.val_token_nll.update(masked_mean(out.token_nll, batch["loss_mask"]))
-        if out.token_nll.shape[1] != self.val_position.total.shape[0]:
+        mask = batch["loss_mask"]
+        self.val_token_nll.update(out.token_nll[mask])  # token-weighted: perplexity is exp of this mean
+        if out.token_nll.shape[1] != self.val_position.seq_len:
             self.val_position = PositionNLL(out.token_nll.shape[1]).to(self.device)
-        self.val_position.update(out.token_nll, batch["loss_mask"])
+        self.val_position.update(out.token_nll, mask)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
@@ -158,23 +166,39 @@ class TTTLanguageModel(L.LightningModule):
         self._log_eval("test")
 
     def _log_eval(self, split: str) -> None:
-        loss = self.val_loss.compute()
+        """Log loss, token NLL, perplexity and the per-position buckets; write the report and the figure."""
+        loss, nll = self.val_loss.compute(), self.val_token_nll.compute()
+        curve: PositionCurve = self.val_position.compute()
         self.log(f"{split}/loss", loss, prog_bar=True)
-        self.log(f"{split}/ppl", torch.exp(self.val_token_nll.compute()))
-        curve = self.val_position.compute()
-        for lo, hi in log2_buckets(curve.numel(), self.cfg.mini_batch):
-            self.log(f"{split}_nll_by_position/{lo:06d}-{hi:06d}", curve[lo:hi].mean().float())
-        self._add_figure(f"{split}/nll_by_position", curve)
+        self.log(f"{split}/nll", nll)
+        self.log(f"{split}/ppl", torch.exp(nll))
+        report = position_report(curve, self.cfg.mini_batch, self.hparams.position_buckets)
+        for kind in ("log", "fixed"):  # one TensorBoard section, two bucketings
+            for row in report[f"{kind}_buckets"]:
+                self.log(f"{split}_nll_by_position/{kind}_{row['lo']:06d}-{row['hi']:06d}", row["nll"])
+        self.last_eval = {"split": split, "loss": float(loss), "nll": float(nll), "ppl": float(torch.exp(nll)),
+                          "curve": curve, "report": report}
+        if self.global_rank == 0 and not self.trainer.sanity_checking:
+            self._write_report(split, report)
+            self._add_figure(f"{split}/nll_by_position", curve)
         for metric in (self.val_loss, self.val_token_nll, self.val_position):
             metric.reset()
 
-    def _add_figure(self, tag: str, curve: Tensor) -> None:
+    def _write_report(self, split: str, report: dict) -> None:
+        """``<log_dir>/nll_by_position/<split>-step<N>.{json,csv}`` when the run has a log directory."""
+        log_dir = getattr(self.logger, "log_dir", None) if self.logger is not None else None
+        if log_dir:
+            write_position_report(report, f"{log_dir}/nll_by_position/{split}-step{self.global_step:06d}")
+
+    def _add_figure(self, tag: str, curve: PositionCurve) -> None:
         experiment = getattr(self.logger, "experiment", None)
-        if self.global_rank != 0 or not hasattr(experiment, "add_figure"):
+        if not hasattr(experiment, "add_figure"):
             return
         label = self.cfg.name + (" (TTT)" if self.cfg.method == "e2e" and self.hparams.eval_ttt else "")
         mini_batch = self.cfg.mini_batch if self.cfg.method == "e2e" else None
-        fig = plot_nll_by_position({label: curve}, title=f"{tag} at step {self.global_step}", mini_batch=mini_batch)
+        window = self.cfg.window if self.cfg.method != "fa" else None
+        fig = plot_nll_by_position({label: curve}, title=f"{tag} at step {self.global_step}", mini_batch=mini_batch,
+                                   window=window)
         experiment.add_figure(tag, fig, global_step=self.global_step, close=True)
 
     # ------------------------------------------------------------------ optimisation

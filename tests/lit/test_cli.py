@@ -13,8 +13,10 @@ from lightning_ttt.cli import main
 from lightning_ttt.lit.cli import cli_main
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "data" not in p.relative_to(REPO / "recipes").parts)
+RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "data" not in p.relative_to(REPO / "recipes").parts
+                 and not p.name.startswith("sweep-"))
 # recipes/data/*.yaml are data fragments stacked on a model recipe; tests/data/test_recipes.py loads them.
+# recipes/**/sweep-*.yaml are `ttt sweep` files; tests/eval/test_sweep.py loads every run they plan.
 SMALL = ["--data.seq_len=128", "--data.batch_size=2", "--data.max_val_windows=2", "--trainer.max_steps=2",
          "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1"]
 
@@ -78,8 +80,13 @@ def test_short_fit_leaves_checkpoint_and_tensorboard_logs(method: str, tmp_path:
     events = EventAccumulator(str(run), size_guidance={"images": 0}).Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss", "val/loss", "train/lr", "train/tokens_per_s"} <= scalars
-    assert any(tag.startswith("val_nll_by_position/") for tag in scalars)
+    assert {"val/nll", "val/ppl"} <= scalars
+    assert any(tag.startswith("val_nll_by_position/log_") for tag in scalars)
+    assert any(tag.startswith("val_nll_by_position/fixed_") for tag in scalars)
     assert "val/nll_by_position" in events.Tags()["images"]
+    report = json.loads((run / "nll_by_position" / "val-step000002.json").read_text())  # the run dir has the buckets
+    assert report["seq_len"] == len(report["nll"]) and report["fixed_buckets"][-1]["hi"] == report["seq_len"]
+    assert (run / "nll_by_position" / "val-step000002.csv").read_text().startswith("buckets,lo,hi,nll,tokens")
     if method == "e2e":
         assert {"ttt/inner_grad_norm_mean", "ttt/inner_lr_multiplier"} <= scalars
     from lightning_ttt.infer.loading import load_checkpoint

@@ -63,7 +63,26 @@ def test_warmup_cosine_schedule() -> None:
     assert f(110) == pytest.approx(0.01) and f(500) == pytest.approx(0.01)
 
 
+def test_validation_metrics_weight_every_unmasked_token_equally() -> None:
+    torch.manual_seed(0)
+    module = TTTLanguageModel(method="fa", seq_len=64, position_buckets=4)
+    first, second = _batch(), _batch()
+    second["loss_mask"][0, 10:] = False  # one sequence with far fewer targets
+    outs = []
+    for batch in (first, second):
+        module.validation_step(batch, 0)
+        outs.append(module._evaluate(batch))
+    nll = torch.cat([o.token_nll for o in outs])
+    mask = torch.cat([first["loss_mask"], second["loss_mask"]])
+    torch.testing.assert_close(module.val_token_nll.compute(), nll[mask].mean(), check_dtype=False)
+    curve = module.val_position.compute()
+    torch.testing.assert_close(curve.tokens, mask.sum(0).double())
+    torch.testing.assert_close(curve.nll, ((nll * mask).sum(0) / mask.sum(0)).double(), rtol=1e-5, atol=1e-6)
+
+
 def test_bad_module_settings() -> None:
+    with pytest.raises(ValueError, match="position_buckets"):
+        TTTLanguageModel(position_buckets=0)
     with pytest.raises(ValueError, match="warmup_fraction"):
         TTTLanguageModel(warmup_fraction=1.5)
     with pytest.raises(ValueError, match="unknown model setting"):

@@ -1,0 +1,186 @@
+"""``ttt eval-context``: one checkpoint evaluated at several context lengths in one process.
+
+For every length the checkpoint's model is rebuilt with ``seq_len = length`` and validated with
+Lightning (TTT active for e2e) on held-out windows of that length from the checkpoint's own data
+settings; the results are a table (length -> mean loss, loss over the last positions), one
+per-position report per length and a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning_ttt.eval.position import PositionCurve, plot_nll_by_position, tail_mean, write_position_report
+from lightning_ttt.io import atomic_write_json, atomic_write_text, save_figure
+
+RESULT = "context_eval.json"
+SWAPPABLE_METHODS = ("fa", "swa")  # same weights, different attention span
+
+
+def data_settings(ckpt: dict, data_config: str | None) -> dict[str, Any]:
+    """The checkpoint's DataModule settings, replaced by the ``data:`` section of ``data_config`` if given."""
+    settings = {k: v for k, v in (ckpt.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
+    if data_config is not None:
+        import yaml
+
+        path = Path(data_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"--data-config {path} does not exist")
+        section = (yaml.safe_load(path.read_text()) or {}).get("data")
+        if not isinstance(section, dict):
+            raise ValueError(f"--data-config {path} has no `data:` section (expected a recipe like recipes/data/stdlib.yaml)")
+        settings.update(section.get("init_args", section))
+    if not settings:
+        raise ValueError("the checkpoint holds no data settings (datamodule_hyper_parameters); pass --data-config "
+                         "with a `data:` section")
+    return settings
+
+
+def evaluate_length(ckpt: dict, hp: dict[str, Any], data: dict[str, Any], length: int, *, source: str,
+                    windows: int | None, batch_tokens: int, last_tokens: int, trainer_kwargs: dict[str, Any],
+                    report_stem: Path) -> dict[str, Any]:
+    """Validate the checkpoint at one context length; write its per-position report; return the table row."""
+    from lightning_ttt.data.datamodule import LongContextDataModule
+    from lightning_ttt.infer.loading import build_module
+    from lightning_ttt.lit.trainer import TTTTrainer
+
+    module = build_module(ckpt, {**hp, "seq_len": length, "init_from": None}, source)
+    datamodule = LongContextDataModule(**{**data, "seq_len": length, "batch_size": max(1, batch_tokens // length),
+                                          "max_val_windows": windows, "num_workers": 0})
+    trainer = TTTTrainer(logger=False, enable_checkpointing=False, enable_model_summary=False, **trainer_kwargs)
+    started = time.perf_counter()
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    result = module.last_eval
+    curve: PositionCurve = result["curve"]
+    write_position_report(result["report"], report_stem)
+    return {"seq_len": length, "loss": result["loss"], "nll": result["nll"], "ppl": result["ppl"],
+            "last_loss": tail_mean(curve, last_tokens), "last_tokens": min(last_tokens, length),
+            "windows": len(datamodule.validation[0]), "tokens": int(curve.tokens.sum()),
+            "seconds": round(time.perf_counter() - started, 2), "curve": curve}
+
+
+def evaluate_context(ckpt_path: str | Path, lengths: list[int], out_dir: str | Path, *, method: str | None = None,
+                     tokens_per_length: int | None = 262_144, batch_tokens: int = 16_384, last_tokens: int = 512,
+                     data_config: str | None = None, data_overrides: dict[str, Any] | None = None,
+                     trainer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate ``ckpt_path`` at every length; write ``context_eval.{json,csv,png}`` and per-length reports."""
+    from lightning_ttt.infer.loading import read_checkpoint
+
+    _check_lengths(lengths, tokens_per_length, batch_tokens, last_tokens)
+    ckpt, hp = read_checkpoint(ckpt_path)
+    if method is not None and method != hp["method"]:
+        if {method, hp["method"]} - set(SWAPPABLE_METHODS):
+            raise ValueError(f"--method {method}: the checkpoint is method {hp['method']}; only "
+                             f"{' and '.join(SWAPPABLE_METHODS)} weights are interchangeable")
+        hp = {**hp, "method": method}
+    data = {**data_settings(ckpt, data_config), **(data_overrides or {})}
+    out = Path(out_dir)
+    rows, curves = [], {}
+    for length in lengths:
+        windows = None if tokens_per_length is None else max(1, tokens_per_length // length)
+        print(f"eval-context: {Path(ckpt_path).name} ({hp['method']}) at {length} tokens, "
+              f"{'all' if windows is None else f'up to {windows}'} validation windows", file=sys.stderr)
+        row = evaluate_length(ckpt, hp, data, length, source=str(ckpt_path), windows=windows,
+                              batch_tokens=batch_tokens, last_tokens=last_tokens,
+                              trainer_kwargs=trainer_kwargs or {}, report_stem=out / f"nll_by_position-{length:06d}")
+        curves[f"T={length}"] = row.pop("curve")
+        rows.append(row)
+    model = hp.get("config") or {}
+    result = {"checkpoint": str(ckpt_path), "method": hp["method"], "preset": hp["preset"],
+              "trained_seq_len": hp.get("seq_len"), "window": model.get("window"), "mini_batch": model.get("mini_batch"),
+              "rows": rows}
+    _write_outputs(result, curves, out)
+    return result
+
+
+def _check_lengths(lengths: list[int], tokens_per_length: int | None, batch_tokens: int, last_tokens: int) -> None:
+    if not lengths or any(length < 2 for length in lengths):
+        raise ValueError(f"--lengths {lengths}: give one or more context lengths >= 2")
+    for name, value in (("--tokens-per-length", tokens_per_length), ("--batch-tokens", batch_tokens),
+                        ("--last-tokens", last_tokens)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name}={value} must be >= 1")
+
+
+def _write_outputs(result: dict[str, Any], curves: dict[str, PositionCurve], out: Path) -> None:
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(result["rows"][0]))
+    writer.writeheader()
+    writer.writerows(result["rows"])
+    atomic_write_text(out / "context_eval.csv", table.getvalue())
+    save_figure(context_figure(result, curves), out / "context_eval.png")
+    atomic_write_json(out / RESULT, result)  # last: its presence means the evaluation finished
+
+
+def context_figure(result: dict[str, Any], curves: dict[str, PositionCurve]):
+    """Left: loss and last-positions loss against context length. Right: NLL by position per length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    lengths = [row["seq_len"] for row in rows]
+    left.plot(lengths, [row["loss"] for row in rows], marker="o", label="mean loss")
+    left.plot(lengths, [row["last_loss"] for row in rows], marker="s", label=f"last {rows[0]['last_tokens']} tokens")
+    left.set_xscale("log", base=2)
+    left.set_xlabel("context length (tokens)")
+    left.set_ylabel("loss (nats/token)")
+    left.set_title(f"{result['method']}: loss vs context length")
+    left.grid(alpha=0.3)
+    left.legend(fontsize="small")
+    mini_batch = result["mini_batch"] if result["method"] == "e2e" else None
+    plot_nll_by_position(curves, title="NLL by token position", mini_batch=mini_batch, ax=right)
+    fig.tight_layout()
+    return fig
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| length | loss | last-tokens loss | ppl | windows |", "|---|---|---|---|---|"]
+    lines += [f"| {r['seq_len']} | {r['loss']:.4f} | {r['last_loss']:.4f} | {r['ppl']:.3f} | {r['windows']} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="ttt eval-context",
+                                     description="Evaluate one checkpoint at several context lengths (TTT active "
+                                                 "for e2e): table, per-position reports and a figure.")
+    parser.add_argument("ckpt", help="Lightning checkpoint (.ckpt) of a TTTLanguageModel")
+    parser.add_argument("--lengths", type=int, nargs="+", required=True, help="context lengths in tokens")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--method", choices=SWAPPABLE_METHODS, default=None,
+                        help="evaluate fa weights with the sliding window (swa) or the reverse")
+    parser.add_argument("--tokens-per-length", type=int, default=262_144,
+                        help="validation tokens per length: windows = this // length (default 262144; 0: all)")
+    parser.add_argument("--batch-tokens", type=int, default=16_384, help="tokens per batch: batch = this // length")
+    parser.add_argument("--last-tokens", type=int, default=512, help="the 'last positions' of the table (default 512)")
+    parser.add_argument("--data-config", default=None,
+                        help="YAML with a `data:` section replacing the checkpoint's data settings")
+    parser.add_argument("--min-doc-tokens", type=int, default=None,
+                        help="only documents this long (e.g. the longest length, so every length reads the same texts)")
+    parser.add_argument("--accelerator", default="auto")
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    args = parser.parse_args(argv)
+    overrides = {} if args.min_doc_tokens is None else {"min_doc_tokens": args.min_doc_tokens}
+    trainer_kwargs = {"accelerator": args.accelerator, "devices": 1, "precision": args.precision,
+                      "enable_progress_bar": args.progress}
+    try:
+        result = evaluate_context(args.ckpt, args.lengths, args.out, method=args.method,
+                                  tokens_per_length=args.tokens_per_length or None, batch_tokens=args.batch_tokens,
+                                  last_tokens=args.last_tokens, data_config=args.data_config,
+                                  data_overrides=overrides, trainer_kwargs=trainer_kwargs)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"ttt eval-context: error: {err}", file=sys.stderr)
+        return 2
+    print(markdown_table(result["rows"]))
+    print(f"wrote {Path(args.out) / RESULT}, context_eval.csv, context_eval.png and nll_by_position-*.{{json,csv}}")
+    return 0

@@ -1,0 +1,55 @@
+"""Small file helpers: every result file is written whole or not at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+def default_file_mode() -> int:
+    """The permissions ``open()`` would give a new file (``mkstemp`` makes 0600 ones)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync, then rename it over ``path``.
+
+    A crash or an exception leaves ``path`` as it was (and no temporary file behind).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, default_file_mode())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Save a matplotlib figure atomically (format from the suffix, e.g. ``.png``) and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format=Path(path).suffix.lstrip("."), dpi=dpi))
+    finally:
+        plt.close(fig)
