@@ -108,18 +108,18 @@ def write_position_report(report: dict, stem: str | Path) -> tuple[Path, Path]:
     return json_path, csv_path
 
 
-def log_binned(curve: PositionCurve | Tensor, bins: int = 96) -> tuple[Tensor, Tensor]:
-    """A curve averaged over ``bins`` log-spaced position bins (token-weighted): (1-based positions, NLL).
+def log_binned(curve: PositionCurve | Tensor, bins: int = 64) -> tuple[Tensor, Tensor]:
+    """A curve averaged over about ``bins`` log-spaced position bins (token-weighted): (1-based centres, NLL).
 
-    Positions below ``bins`` stay unbinned; the tail of a 16K curve becomes readable on a log axis.
+    Bins are single positions at the start and widen geometrically, so the far end of a 16K
+    curve is readable on a log axis.
     """
     nll, tokens = (curve.nll, curve.tokens) if isinstance(curve, PositionCurve) else (torch.as_tensor(curve), None)
     nll = nll.detach().cpu().double()
     tokens = torch.ones_like(nll) if tokens is None else tokens.detach().cpu().double()
     length = nll.numel()
-    head = torch.arange(min(bins, length) + 1)  # one bin per position up to `bins`
-    tail = torch.logspace(torch.log10(torch.tensor(float(max(bins, 1)))), torch.log10(torch.tensor(float(length))), bins)
-    edges = torch.unique(torch.cat([head, tail.floor().long().clamp_max(length), torch.tensor([length])]))
+    geometric = torch.logspace(0, torch.log10(torch.tensor(float(length))), bins).floor().long()
+    edges = torch.unique(torch.cat([torch.tensor([0]), geometric.clamp(1, length), torch.tensor([length])]))
     positions, means = [], []
     for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
         weight = tokens[lo:hi]
@@ -130,7 +130,7 @@ def log_binned(curve: PositionCurve | Tensor, bins: int = 96) -> tuple[Tensor, T
 
 
 def plot_nll_by_position(curves: dict[str, PositionCurve | Tensor], title: str = "NLL by token position",
-                         mini_batch: int | None = None, window: int | None = None, bins: int = 96, ax=None):
+                         mini_batch: int | None = None, window: int | None = None, bins: int = 64, ax=None):
     """Matplotlib figure of NLL against token index (log x, log-binned); one line per named curve.
 
     Draws into ``ax`` when given (its figure is returned), else into a new figure.

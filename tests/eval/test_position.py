@@ -57,9 +57,12 @@ def test_metric_and_bucket_means_are_token_weighted() -> None:
 def test_log_binned_curve_keeps_early_positions_and_averages_the_tail() -> None:
     curve = PositionCurve(torch.arange(4096.0), torch.ones(4096))
     positions, nll = log_binned(curve, bins=32)
-    assert positions[:32].tolist() == list(range(1, 33))  # one bin per position at the start
-    assert len(positions) < 80 and positions[-1] <= 4096
+    assert positions[:3].tolist() == [1, 2, 3]  # single positions at the start
+    widths = positions[1:] - positions[:-1]
+    assert len(positions) <= 33 and positions[-1] <= 4096 and widths[-1] > 100  # wide bins far out
     torch.testing.assert_close(nll, positions - 1)  # mean of a linear curve = its value at the bin centre
+    masked = PositionCurve(torch.tensor([1.0, 5.0, 9.0]), torch.tensor([1.0, 0.0, 3.0]))
+    assert log_binned(masked, bins=2)[1].tolist() == [1.0, 9.0]  # token-weighted; empty bins dropped
 
 
 def test_report_files_hold_both_bucketings_and_the_whole_curve(tmp_path: Path) -> None:
