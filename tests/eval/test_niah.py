@@ -6,14 +6,13 @@ import csv
 import json
 import re
 
-import lightning as L
 import pytest
 import torch
 
 from lightning_ttt.cli import main
 from lightning_ttt.data.tokenizer import ByteTokenizer
 from lightning_ttt.eval.niah import (TASKS, inside_window, make_sample, make_samples, score, summarize)
-from lightning_ttt.lit.module import TTTLanguageModel
+from tiny_models import one_step_checkpoint  # tests/tiny_models.py
 
 TOK = ByteTokenizer()
 
@@ -86,20 +85,8 @@ def test_inside_outside_split():
     assert all(s.inside for s in make_samples(["niah_1"], [256], [0.0, 1.0], 1, 0, TOK, window=None))
 
 
-def _checkpoint(path, method: str = "e2e"):  # as in tests/infer/test_infer_cli.py: a real one-step Trainer fit
-    batches = torch.randint(0, 256, (2, 65), generator=torch.Generator().manual_seed(0))
-    data = [{"input_ids": b[:-1], "targets": b[1:], "loss_mask": torch.ones(64)} for b in batches]
-    torch.manual_seed(0)
-    module = TTTLanguageModel(preset="debug", method=method, seq_len=64)
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", default_root_dir=path.parent)
-    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=2))
-    trainer.save_checkpoint(path)
-    return path
-
-
 def test_command_on_debug_checkpoint(tmp_path, capsys):
-    ckpt = _checkpoint(tmp_path / "debug-e2e.ckpt")
+    ckpt = one_step_checkpoint(tmp_path / "debug-e2e.ckpt")
     out, tb = tmp_path / "niah", tmp_path / "tb"
     code = main(["niah", "--ckpt", str(ckpt), "--lengths", "192", "256", "--depths", "0", "1", "--samples", "1",
                  "--window", "128", "--out", str(out), "--tensorboard", str(tb), "--no-progress"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_sweep, tiny_sweep_spec  # tests/eval/conftest.py
+from sweeps import run_sweep, tiny_sweep_spec  # tests/eval/sweeps.py
 
 from lightning_ttt.eval.sweep import Evaluation, Fit, check_configs, plan
 from lightning_ttt.eval.sweep_spec import get_dotted, load_spec

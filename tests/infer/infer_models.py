@@ -6,6 +6,7 @@ import torch
 
 from lightning_ttt.config import ModelConfig
 from lightning_ttt.model.transformer import Transformer
+from tiny_models import randomize_weights  # tests/tiny_models.py
 
 
 def tiny_model(method: str = "e2e", seed: int = 0, **overrides) -> Transformer:
@@ -15,11 +16,4 @@ def tiny_model(method: str = "e2e", seed: int = 0, **overrides) -> Transformer:
                     inner_lr=0.5, inner_clip=1e3)
     settings.update(overrides)
     torch.manual_seed(seed)
-    model = Transformer(ModelConfig(**settings)).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.normal_(0, 0.5)
-    return model
+    return randomize_weights(Transformer(ModelConfig(**settings)).double(), std=0.5)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import sys
 
-import lightning as L
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -13,27 +12,12 @@ from safetensors.torch import load_file
 from lightning_ttt.cli import main
 from lightning_ttt.infer import Generator, SamplingConfig
 from lightning_ttt.infer.loading import load_checkpoint, load_model_dir
-from lightning_ttt.lit.module import TTTLanguageModel
-
-
-def _batches(n: int = 2, seq_len: int = 64):
-    ids = torch.randint(0, 256, (n, seq_len + 1), generator=torch.Generator().manual_seed(0))
-    return [{"input_ids": ids[i, :-1], "targets": ids[i, 1:], "loss_mask": torch.ones(seq_len)} for i in range(n)]
-
-
-def _checkpoint(path, method: str = "e2e"):
-    torch.manual_seed(0)
-    module = TTTLanguageModel(preset="debug", method=method, seq_len=64)
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", default_root_dir=path.parent)
-    trainer.fit(module, torch.utils.data.DataLoader(_batches(), batch_size=2))
-    trainer.save_checkpoint(path)
-    return path
+from tiny_models import one_step_checkpoint  # tests/tiny_models.py
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "debug-e2e.ckpt")
+    return one_step_checkpoint(tmp_path_factory.mktemp("ckpt") / "debug-e2e.ckpt")
 
 
 def _run(argv, stdin: bytes = b"", capsys=None, monkeypatch=None):

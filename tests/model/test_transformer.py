@@ -11,6 +11,7 @@ from lightning_ttt.model.layers import rope
 from lightning_ttt.model.transformer import KVCache, Transformer
 from lightning_ttt.ttt.objective import lm_loss
 from lightning_ttt.ttt.update import global_norm
+from tiny_models import randomize_weights  # tests/tiny_models.py
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -22,14 +23,7 @@ def small_model(seed=0, std=0.3, **overrides) -> Transformer:
     settings.update(overrides)
     cfg = ModelConfig(**settings)
     torch.manual_seed(seed)
-    model = Transformer(cfg).double()
-    with torch.no_grad():  # larger, non-trivial weights (norm weights away from 1) so every path matters
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.normal_(0, std)
-    return model
+    return randomize_weights(Transformer(cfg).double(), std)
 
 
 def _batch(cfg, batch=2, seq_len=20, seed=1):

@@ -16,6 +16,7 @@ import lightning_ttt.ttt.update as update
 from lightning_ttt.model.transformer import Transformer
 from lightning_ttt.tools.reference import Fixture, mode_from_settings, to_fixture_layout
 from lightning_ttt.tools.verify import compute_mode, verify
+from tiny_models import randomize_weights  # tests/tiny_models.py
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -208,13 +209,11 @@ def generated_fixture(tmp_path_factory):
     (tmp / "gen.json").write_text(json.dumps(spec))
     meta_cfg = mode_from_settings("meta", spec).config
     torch.manual_seed(0)
-    model = Transformer(meta_cfg).double()
+    model = randomize_weights(Transformer(meta_cfg).double(), std=0.3)
     arrays: dict[str, np.ndarray] = {}
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(1 + 0.2 * torch.randn_like(p) if p.dim() == 1 else 0.3 * torch.randn_like(p))
-            arrays[f"params.{name.removesuffix('.weight')}"] = to_fixture_layout(
-                name.removesuffix(".weight"), p.float())
+    for name, p in model.named_parameters():
+        arrays[f"params.{name.removesuffix('.weight')}"] = to_fixture_layout(name.removesuffix(".weight"),
+                                                                              p.detach().float())
     rng = np.random.RandomState(7)
     stream = rng.randint(3, 41, size=(3, 13))
     stream[:, 0] = 1

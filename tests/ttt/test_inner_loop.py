@@ -14,6 +14,7 @@ from lightning_ttt.config import ModelConfig
 from lightning_ttt.model.transformer import Transformer
 from lightning_ttt.ttt.objective import lm_loss
 from lightning_ttt.ttt.update import clip_scale, effective_inner_lr, global_norm, sgd_step
+from tiny_models import randomize_weights  # tests/tiny_models.py
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -24,14 +25,7 @@ def tiny_model(seed=0, std=0.5, **overrides) -> Transformer:
                     window=4, mini_batch=2, bos_id=1, eos_id=2, inner_lr=0.5, inner_clip=1e3)
     settings.update(overrides)
     torch.manual_seed(seed)
-    model = Transformer(ModelConfig(**settings)).double()
-    with torch.no_grad():  # O(1) weights so that the inner steps (and their second-order terms) matter
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.normal_(0, std)
-    return model
+    return randomize_weights(Transformer(ModelConfig(**settings)).double(), std)
 
 
 def tiny_batch(cfg, batch=2, seq_len=6, seed=1):
