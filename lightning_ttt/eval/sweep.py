@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,70 +30,88 @@ OUT = "{out}"  # placeholder for the output directory in run configs (hashes sta
 
 
 @dataclass
-class Fit:
-    """One training run: pretraining at the base length or extension at a target length."""
+class Step:
+    """One point of the grid at one stage and length; its files live in ``<out>/runs/<name>/``."""
 
     combo: str
     method: str
     point: dict[str, Any]
     stage: str  # "pretrain" | "extend"
     seq_len: int
-    config: dict[str, Any]  # nested LightningCLI config with OUT placeholders
+
+    MARKER = ""  # written when the step finished
 
     @property
     def name(self) -> str:
         return f"{self.combo}/{self.stage}-{self.seq_len:05d}"
+
+    @property
+    def directory(self) -> str:
+        """Where the step's files go, relative to the sweep's output directory."""
+        return f"runs/{self.name}"
 
 
 @dataclass
-class Evaluation:
-    """One checkpoint evaluated at one length (as ``method``, which may differ for shared fa/swa weights)."""
+class Fit(Step):
+    """One training run: pretraining at the base length or extension at a target length."""
 
-    combo: str
-    method: str
-    point: dict[str, Any]
-    stage: str
-    seq_len: int
-    fit: Fit  # the run whose last checkpoint is evaluated
+    config: dict[str, Any] = field(default_factory=dict)  # nested LightningCLI config with OUT placeholders
+
+    MARKER = "fit.done.json"
 
     @property
-    def name(self) -> str:
-        return f"{self.combo}/{self.stage}-{self.seq_len:05d}"
+    def checkpoint(self) -> str:
+        """The run's final checkpoint, relative to the sweep's output directory."""
+        return f"{self.directory}/checkpoints/last.ckpt"
 
 
-def plan(spec: SweepSpec) -> list[Fit | Evaluation]:
+@dataclass
+class Evaluation(Step):
+    """One checkpoint evaluated at one length (as ``method``, which may differ for shared fa/swa weights)."""
+
+    fit: Fit | None = None  # the run whose last checkpoint is evaluated
+
+    MARKER = "eval.done.json"
+
+    @property
+    def results(self) -> str:
+        """``ttt eval-context``'s output directory, relative to the sweep's output directory."""
+        return f"{self.directory}/eval"
+
+
+def read_marker(out: Path, step: Step) -> dict[str, Any] | None:
+    """The finished step's marker (fingerprint, seconds, …), or None while it has not finished."""
+    path = out / step.directory / step.MARKER
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def plan(spec: SweepSpec) -> list[Step]:
     """Every step in execution order: pretraining and its evaluations, then each length's extensions."""
-    pretrained: dict[str, Fit] = {}
-    steps: list[Fit | Evaluation] = []
     combos = spec.combos()
-    for combo, method, point in combos:  # owners first, so shared methods find their checkpoint
-        if method not in spec.share:
-            pretrained[combo] = _fit(spec, combo, method, point, "pretrain", spec.pretrain_len, None)
-            steps.append(pretrained[combo])
-    for combo, method, point in combos:
-        owner = pretrained[combo] if method not in spec.share else pretrained[_owner_combo(combo, method, spec)]
-        steps.append(Evaluation(combo, method, point, "pretrain", spec.pretrain_len, owner))
+    owned = {combo: _fit(spec, combo, method, point, "pretrain", spec.pretrain_len, None)
+             for combo, method, point in combos if method not in spec.share}
+    # a method in `share` starts from the owner's pretraining (same grid point)
+    pretrained = {combo: owned[spec.share[method] + combo[len(method):] if method in spec.share else combo]
+                  for combo, method, _ in combos}
+    steps: list[Step] = list(owned.values())
+    steps += [Evaluation(combo, method, point, "pretrain", spec.pretrain_len, fit=pretrained[combo])
+              for combo, method, point in combos]
     for length in spec.lengths:
         for combo, method, point in combos:
-            owner = pretrained[combo] if method not in spec.share else pretrained[_owner_combo(combo, method, spec)]
-            fit = _fit(spec, combo, method, point, "extend", length, owner)
-            steps += [fit, Evaluation(combo, method, point, "extend", length, fit)]
+            fit = _fit(spec, combo, method, point, "extend", length, pretrained[combo])
+            steps += [fit, Evaluation(combo, method, point, "extend", length, fit=fit)]
     return steps
-
-
-def _owner_combo(combo: str, method: str, spec: SweepSpec) -> str:
-    return spec.share[method] + combo[len(method):]
 
 
 def _fit(spec: SweepSpec, combo: str, method: str, point: dict[str, Any], stage: str, length: int,
          init: Fit | None) -> Fit:
     config = spec.settings(method, stage, length, point)
-    fit = Fit(combo, method, point, stage, length, config)
+    fit = Fit(combo, method, point, stage, length, config=config)
     max_steps = get_dotted(config, "trainer.max_steps")
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"sweep point {fit.name}: trainer.max_steps must be set to a positive integer "
                          "(in sweep.base or the stage's `set`)")
-    run_dir = f"{OUT}/runs/{fit.name}"
+    run_dir = f"{OUT}/{fit.directory}"
     every = max_steps // 4 if max_steps % 4 == 0 else max_steps  # must divide max_steps: the last step is saved
     callbacks = [c for c in get_dotted(config, "trainer.callbacks") or []
                  if not str(c.get("class_path", "")).endswith("ModelCheckpoint")]
@@ -105,7 +123,7 @@ def _fit(spec: SweepSpec, combo: str, method: str, point: dict[str, Any], stage:
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
             "init_args": {"save_dir": f"{OUT}/runs", "name": combo, "version": f"{stage}-{length:05d}",
                           "default_hp_metric": False}}},
-        "model": {"method": method, "init_from": None if init is None else _checkpoint(init)},
+        "model": {"method": method, "init_from": None if init is None else f"{OUT}/{init.checkpoint}"},
         "data": {"seq_len": length},
     }
     if stage == "extend" and spec.tokens_per_batch:
@@ -114,14 +132,10 @@ def _fit(spec: SweepSpec, combo: str, method: str, point: dict[str, Any], stage:
     return fit
 
 
-def _checkpoint(fit: Fit) -> str:
-    return f"{OUT}/runs/{fit.name}/checkpoints/last.ckpt"
-
-
 def eval_args(spec: SweepSpec, ev: Evaluation) -> list[str]:
     """``ttt eval-context`` arguments of one evaluation (with OUT placeholders)."""
     e = spec.evaluate
-    args = [_checkpoint(ev.fit), "--lengths", str(ev.seq_len), "--out", f"{OUT}/runs/{ev.name}/eval",
+    args = [f"{OUT}/{ev.fit.checkpoint}", "--lengths", str(ev.seq_len), "--out", f"{OUT}/{ev.results}",
             "--tokens-per-length", str(e.get("tokens_per_length", 262_144) or 0),
             "--batch-tokens", str(e.get("batch_tokens", 16_384)), "--last-tokens", str(e.get("last_tokens", 512)),
             "--accelerator", str(e.get("accelerator", "auto")), "--precision", str(e.get("precision", "32-true"))]
@@ -139,12 +153,13 @@ class SweepRunner:
         self.spec, self.echo = spec, echo
         self.out = spec.out_dir.resolve()
 
-    def run(self, steps: list[Fit | Evaluation]) -> int:
+    def run(self, steps: list[Step]) -> int:
         self.out.mkdir(parents=True, exist_ok=True)
         from lightning_ttt.eval.sweep_report import write_report
 
         started = time.perf_counter()
         done = skipped = 0
+        rows = None  # the report is rebuilt after each evaluation that ran, else once at the end
         for i, step in enumerate(steps, 1):
             label = f"[{i}/{len(steps)}] {'fit ' if isinstance(step, Fit) else 'eval'} {step.name}"
             if self._finished(step):
@@ -156,38 +171,35 @@ class SweepRunner:
             self._run_fit(step) if isinstance(step, Fit) else self._run_eval(step)
             print(f"{label}: done in {time.perf_counter() - t0:.0f} s", flush=True)
             done += 1
-            if isinstance(step, Evaluation):
-                write_report(self.spec, steps, self.out)
-        rows = write_report(self.spec, steps, self.out)
+            rows = write_report(self.spec, steps, self.out) if isinstance(step, Evaluation) else None
+        if rows is None:
+            rows = write_report(self.spec, steps, self.out)
         print(f"sweep {self.spec.name}: {done} steps run, {skipped} skipped, {len(rows)} points evaluated in "
               f"{time.perf_counter() - started:.0f} s; summary {self.out / 'summary.jsonl'}; "
               f"tensorboard --logdir {self.out / 'runs'}", flush=True)
         return 0
 
     # ------------------------------------------------------------------ markers
-    def run_dir(self, step: Fit | Evaluation) -> Path:
-        return self.out / "runs" / step.name
+    def run_dir(self, step: Step) -> Path:
+        return self.out / step.directory
 
-    def marker(self, step: Fit | Evaluation) -> Path:
-        return self.run_dir(step) / ("fit.done.json" if isinstance(step, Fit) else "eval.done.json")
-
-    def fingerprint(self, step: Fit | Evaluation) -> str:
+    def fingerprint(self, step: Step) -> str:
         payload = step.config if isinstance(step, Fit) else eval_args(self.spec, step)
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def _finished(self, step: Fit | Evaluation) -> bool:
-        marker = self.marker(step)
-        if not marker.is_file():
+    def _finished(self, step: Step) -> bool:
+        marker = read_marker(self.out, step)
+        if marker is None:
             return False
-        recorded = json.loads(marker.read_text()).get("fingerprint")
-        if recorded != self.fingerprint(step):
-            raise ValueError(f"sweep point {step.name} finished with other settings ({marker}); delete "
-                             f"{self.run_dir(step)} to rerun it, or give the sweep another out_dir")
+        if marker.get("fingerprint") != self.fingerprint(step):
+            raise ValueError(f"sweep point {step.name} finished with other settings ({self.run_dir(step) / step.MARKER}); "
+                             f"delete {self.run_dir(step)} to rerun it, or give the sweep another out_dir")
         return True
 
-    def _mark(self, step: Fit | Evaluation, seconds: float, **extra: Any) -> None:
-        atomic_write_json(self.marker(step), {"fingerprint": self.fingerprint(step), "seconds": round(seconds, 1),
-                                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra})
+    def _mark(self, step: Step, seconds: float, **extra: Any) -> None:
+        atomic_write_json(self.run_dir(step) / step.MARKER, {
+            "fingerprint": self.fingerprint(step), "seconds": round(seconds, 1),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra})
 
     # ------------------------------------------------------------------ steps
     def _run_fit(self, fit: Fit) -> None:
@@ -196,7 +208,7 @@ class SweepRunner:
         text = yaml.safe_dump(fit.config, sort_keys=False).replace(OUT, str(self.out))
         atomic_write_text(config_path, f"# written by `ttt sweep` for point {fit.name}\n{text}")
         command = [sys.executable, "-m", "lightning_ttt", "fit", "--config", str(config_path)]
-        last = run_dir / "checkpoints" / "last.ckpt"
+        last = self.out / fit.checkpoint
         if last.is_file():  # an interrupted run: continue where it stopped
             print(f"  resuming from {last}", flush=True)
             command += ["--ckpt_path", str(last)]
@@ -233,7 +245,7 @@ class SweepRunner:
         return time.perf_counter() - started
 
 
-def describe(spec: SweepSpec, steps: list[Fit | Evaluation]) -> str:
+def describe(spec: SweepSpec, steps: list[Step]) -> str:
     """The plan, one line per step."""
     lines = [f"sweep {spec.name} -> {spec.out_dir}: {sum(isinstance(s, Fit) for s in steps)} fits, "
              f"{sum(isinstance(s, Evaluation) for s in steps)} evaluations"]
@@ -251,7 +263,7 @@ def describe(spec: SweepSpec, steps: list[Fit | Evaluation]) -> str:
     return "\n".join(lines)
 
 
-def check_configs(spec: SweepSpec, steps: list[Fit | Evaluation]) -> None:
+def check_configs(spec: SweepSpec, steps: list[Step]) -> None:
     """Load every fit's config through the real LightningCLI parser (instantiates model, data, trainer)."""
     import tempfile
     from unittest import mock

@@ -18,28 +18,27 @@ from lightning_ttt.eval.position import PositionCurve, plot_nll_by_position
 from lightning_ttt.io import atomic_write_text, save_figure
 
 SUMMARY = "summary.jsonl"
-FIGURES = ("loss_vs_context", "loss_delta_vs_fa", "nll_by_position")
 
 
 def collect(spec, steps, out: Path) -> list[dict[str, Any]]:
     """One row per finished evaluation, in plan order, with the difference to full attention."""
-    from lightning_ttt.eval.sweep import Evaluation
+    from lightning_ttt.eval.sweep import Evaluation, read_marker
 
     rows = []
     for ev in (s for s in steps if isinstance(s, Evaluation)):
-        run = out / "runs" / ev.name
-        if not (run / "eval.done.json").is_file():
+        marker = read_marker(out, ev)
+        if marker is None:
             continue
-        result = json.loads((run / "eval" / RESULT).read_text())["rows"][0]
-        fit_marker = out / "runs" / ev.fit.name / "fit.done.json"
+        result = json.loads((out / ev.results / RESULT).read_text())["rows"][0]
+        fit_marker = read_marker(out, ev.fit)
         rows.append({
             "point": ev.name, "combo": ev.combo, "method": ev.method, "grid": ev.point, "stage": ev.stage,
             "seq_len": ev.seq_len, **{k: result[k] for k in ("loss", "nll", "ppl", "last_loss", "last_tokens",
                                                                "windows", "tokens")},
-            "checkpoint": f"runs/{ev.fit.name}/checkpoints/last.ckpt",
-            "fit_seconds": json.loads(fit_marker.read_text())["seconds"] if fit_marker.is_file() else None,
-            "eval_seconds": json.loads((run / "eval.done.json").read_text())["seconds"],
-            "per_position": f"runs/{ev.name}/eval/nll_by_position-{ev.seq_len:06d}.json",
+            "checkpoint": ev.fit.checkpoint,
+            "fit_seconds": None if fit_marker is None else fit_marker["seconds"],
+            "eval_seconds": marker["seconds"],
+            "per_position": f"{ev.results}/nll_by_position-{ev.seq_len:06d}.json",
         })
     full = {(json.dumps(r["grid"], sort_keys=True), r["seq_len"]): r for r in rows if r["method"] == "fa"}
     for row in rows:
