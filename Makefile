@@ -17,7 +17,8 @@ setup: $(BIN)/python  ## install the package (CPU torch 2.13.0 wheel first, so n
 train: setup  ## the main job: TTT-E2E on the debug model, embedded corpus, CPU
 	$(BIN)/ttt fit --config recipes/debug/e2e.yaml
 
-test: setup  ## the test suite (reads ../shared/fixtures/reference_e2e)
+test: setup  ## the layer contract, then the whole test suite
+	$(BIN)/lint-imports --no-logo --no-cache
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
 
 sweep: setup  ## loss vs context length for fa, swa, e2e at 1/8 of the paper's geometry (about an hour on 2 CPU cores)

@@ -67,7 +67,7 @@ TOOLS = {
     "niah": _lazy("lightning_ttt.eval.niah"),
     "plan": _lazy("lightning_ttt.tools.plan"),
     "eval-context": _lazy("lightning_ttt.eval.context"),
-    "sweep": _lazy("lightning_ttt.eval.sweep"),
+    "sweep": _lazy("lightning_ttt.sweep.run"),
 }
 
 

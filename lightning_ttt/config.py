@@ -16,6 +16,7 @@ Sizes come from the paper's Table 3 and the authors' configs (``reference/paper.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -172,3 +173,25 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model setting(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
         return cls(**{**arch, "method": method, "name": f"{preset}-{method}", **overrides})
+
+    @classmethod
+    def from_settings(cls, preset: str, method: Method, overrides: Mapping[str, Any] | None = None, *,
+                      vocab_size: int | None = None, bos_id: int | None = None,
+                      eos_id: int | None = None) -> ModelConfig:
+        """The model of the recipe settings ``model.preset``, ``model.method`` and ``model.config``.
+
+        ``vocab_size``, ``bos_id`` and ``eos_id`` are the tokenizer's (``data.tokenizer``); they replace the
+        preset's. ``overrides`` may pad ``vocab_size`` above the tokenizer's but not contradict its ids;
+        ``None`` values in ``overrides`` mean "not set".
+        """
+        merged = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if vocab_size is not None:
+            padded = merged.setdefault("vocab_size", vocab_size)
+            if padded < vocab_size:
+                raise ValueError(f"model.config.vocab_size={padded} is smaller than the tokenizer's vocabulary "
+                                 f"({vocab_size} ids, data.tokenizer); remove it or raise it")
+        for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
+            if value is not None and merged.setdefault(name, value) != value:
+                raise ValueError(f"model.config.{name}={merged[name]} contradicts the tokenizer's {name}={value} "
+                                 "(data.tokenizer); remove it from model.config")
+        return cls.from_preset(preset, method, **merged)

@@ -1,12 +1,16 @@
-"""Shared test settings: CPU threads, the reference fixture location, GPU skips."""
+"""Shared test settings: CPU threads, the reference fixture location, GPU skips, the tiny finished sweep."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from sweeps import run_sweep, tiny_sweep_spec  # tests/sweeps.py
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO.parent / "shared" / "fixtures" / "reference_e2e"
@@ -40,3 +44,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@dataclass
+class FinishedSweep:
+    spec: Path
+    out: Path
+    first: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory) -> FinishedSweep:
+    """The tiny context-length sweep, run once through the real `ttt sweep` command and shared by the tests."""
+    root = tmp_path_factory.mktemp("sweep")
+    spec = root / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(tiny_sweep_spec()))
+    out = root / "out"
+    first = run_sweep(spec, out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    return FinishedSweep(spec, out, first)

@@ -7,10 +7,10 @@ stream's modules, not Lightning.
 from importlib import import_module
 
 _EXPORTS = {
-    "LongContextDataModule": "datamodule", "TextDataModule": "datamodule",
+    "LongContextDataModule": "datamodule",
     "Document": "documents", "DocumentReader": "documents", "is_validation": "documents",
     "ConcatPacker": "packing", "DocumentPacker": "packing", "make_batch": "packing", "make_packer": "packing",
-    "read_manifest": "prepare", "open_records": "sources", "StreamSpec": "stream", "TrainStream": "stream",
+    "read_manifest": "manifest", "open_records": "sources", "StreamSpec": "stream", "TrainStream": "stream",
     "ByteTokenizer": "tokenizer", "HFTokenizer": "tokenizer", "load_tokenizer": "tokenizer",
 }
 __all__ = sorted(_EXPORTS)

@@ -10,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lightning_ttt.data.packing import PACKINGS, TAILS
-from lightning_ttt.data.prepare import check_tokenizer
+from lightning_ttt.data.manifest import check_tokenizer
 from lightning_ttt.data.sources import Records, open_records
 from lightning_ttt.data.stream import StreamSpec, TrainStream
 from lightning_ttt.data.tokenizer import INVALID_UTF8, load_tokenizer
@@ -272,6 +272,3 @@ def _check_settings(sources, val_sources, packing, seq_len, batch_size, min_doc_
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
-
-
-TextDataModule = LongContextDataModule  # the name used before streaming sources existed

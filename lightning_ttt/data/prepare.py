@@ -21,37 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lightning_ttt.data.documents import DocumentReader
+from lightning_ttt.data.manifest import FORMAT, MANIFEST
+from lightning_ttt.data.sources import first_record, open_records
+from lightning_ttt.data.tokenizer import load_tokenizer
 from lightning_ttt.io import atomic_write_json
 
-FORMAT = "lightning_ttt.tokens/1"
-MANIFEST = "manifest.json"
 _ROWS_PER_WRITE = 64  # documents buffered before a parquet row group is written
-
-
-def read_manifest(directory: Path) -> dict:
-    """The manifest of a finished ``ttt prepare`` directory (one-line errors otherwise)."""
-    path = Path(directory) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: unreadable manifest ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a `ttt prepare` manifest (expected format {FORMAT!r})")
-    if not manifest.get("complete"):
-        raise ValueError(f"{directory}: preparation incomplete ({len(manifest['shards'])} of {manifest['num_shards']} "
-                         "shards); rerun the same `ttt prepare` command to finish it")
-    for shard in manifest["shards"]:
-        if not (Path(directory) / shard["file"]).is_file():
-            raise ValueError(f"{directory}: shard {shard['file']} listed in {MANIFEST} is missing")
-    return manifest
-
-
-def check_tokenizer(directory: Path, manifest: dict, tokenizer) -> None:
-    """Prepared tokens only make sense with the tokenizer that wrote them."""
-    if manifest["tokenizer_fingerprint"] != tokenizer.fingerprint:
-        raise ValueError(f"{directory} was prepared with tokenizer {manifest['tokenizer']!r} (vocab_size "
-                         f"{manifest['vocab_size']}) but data.tokenizer={tokenizer.name!r} (vocab_size "
-                         f"{tokenizer.vocab_size}); set data.tokenizer to the one it was prepared with")
 
 
 def prepare(sources: Sequence[str], out: str | Path, tokenizer: str = "bytes", text_field: str = "text",
@@ -59,11 +35,6 @@ def prepare(sources: Sequence[str], out: str | Path, tokenizer: str = "bytes", t
             overwrite: bool = False, progress: bool = True) -> dict:
     """Tokenize ``sources`` into ``out``; returns the finished manifest."""
     from tqdm.auto import tqdm
-
-    from lightning_ttt.data.documents import DocumentReader
-    from lightning_ttt.data.sources import open_records
-    from lightning_ttt.data.stream import first_record
-    from lightning_ttt.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer, bos_token, eos_token, invalid_utf8)
     records = open_records(list(sources), text_field, invalid_utf8, setting="sources")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lightning_ttt.data.corpus import (
     STDLIB,
@@ -24,6 +25,7 @@ from lightning_ttt.data.corpus import (
     generate_records,
     stdlib_files,
 )
+from lightning_ttt.data.manifest import MANIFEST, read_manifest
 
 HUB = "hf:"
 
@@ -40,6 +42,11 @@ class Records:
     @property
     def num_shards(self) -> int:
         return self.dataset.num_shards
+
+
+def first_record(batch: dict[str, list]) -> dict[str, Any]:
+    """``IterableDataset.iter(batch_size=1)`` yields columns of one row; return the row."""
+    return {key: values[0] for key, values in batch.items()}
 
 
 def parse_hub(spec: str) -> tuple[str, str | None, str]:
@@ -103,8 +110,6 @@ def _open_local(sources: Sequence[str], text_field: str, invalid_utf8: str, desc
                 check: bool) -> Records:
     from datasets import IterableDataset
 
-    from lightning_ttt.data.prepare import read_manifest
-
     paths: list[str] = []
     names: list[str] = []
     kinds: list[str] = []
@@ -115,7 +120,7 @@ def _open_local(sources: Sequence[str], text_field: str, invalid_utf8: str, desc
                 paths.append(str(path)), names.append(name), kinds.append("txt")
             continue
         directory = Path(source).expanduser()
-        if (directory / "manifest.json").is_file():
+        if (directory / MANIFEST).is_file():
             manifest = read_manifest(directory)
             manifests.append((directory, manifest))
             for shard in manifest["shards"]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from lightning_ttt.data.documents import DocumentReader
 from lightning_ttt.data.packing import make_batch, make_packer
-from lightning_ttt.data.sources import Records
+from lightning_ttt.data.sources import Records, first_record
 from lightning_ttt.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -49,11 +48,6 @@ class StreamSpec:
     def packer(self):
         tok = self.tokenizer
         return make_packer(self.packing, self.seq_len, tok.bos_id, tok.eos_id, self.tail)
-
-
-def first_record(batch: dict[str, list]) -> dict[str, Any]:
-    """``IterableDataset.iter(batch_size=1)`` yields columns of one row; return the row."""
-    return {key: values[0] for key, values in batch.items()}
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

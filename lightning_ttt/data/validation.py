@@ -7,8 +7,8 @@ import torch
 from torch.utils.data import Dataset
 
 from lightning_ttt.data.packing import make_batch
-from lightning_ttt.data.sources import Records
-from lightning_ttt.data.stream import StreamSpec, first_record
+from lightning_ttt.data.sources import Records, first_record
+from lightning_ttt.data.stream import StreamSpec
 
 
 def collect_windows(records: Records, spec: StreamSpec, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:

@@ -1,5 +1,1 @@
-"""Evaluation: loss by token position, context-length evaluation and sweeps, needle retrieval."""
-
-from lightning_ttt.eval.position import PositionCurve, PositionNLL, fixed_buckets, log2_buckets, plot_nll_by_position
-
-__all__ = ["PositionCurve", "PositionNLL", "fixed_buckets", "log2_buckets", "plot_nll_by_position"]
+"""Evaluation of trained checkpoints: loss by context length (``ttt eval-context``), needle retrieval (``ttt niah``)."""

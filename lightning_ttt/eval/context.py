@@ -16,8 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightning_ttt.eval.position import PositionCurve, plot_nll_by_position, tail_mean, write_position_report
+from lightning_ttt.data.datamodule import LongContextDataModule
+from lightning_ttt.infer.loading import read_checkpoint
 from lightning_ttt.io import atomic_write_json, atomic_write_text, save_figure
+from lightning_ttt.lit.module import module_from_checkpoint
+from lightning_ttt.lit.trainer import TTTTrainer
+from lightning_ttt.metrics import PositionCurve, plot_nll_by_position, tail_mean, write_position_report
 
 RESULT = "context_eval.json"
 SWAPPABLE_METHODS = ("fa", "swa")  # same weights, different attention span
@@ -46,11 +50,7 @@ def evaluate_length(ckpt: dict, hp: dict[str, Any], data: dict[str, Any], length
                     windows: int | None, batch_tokens: int, last_tokens: int, trainer_kwargs: dict[str, Any],
                     report_stem: Path) -> dict[str, Any]:
     """Validate the checkpoint at one context length; write its per-position report; return the table row."""
-    from lightning_ttt.data.datamodule import LongContextDataModule
-    from lightning_ttt.infer.loading import build_module
-    from lightning_ttt.lit.trainer import TTTTrainer
-
-    module = build_module(ckpt, {**hp, "seq_len": length, "init_from": None}, source)
+    module = module_from_checkpoint(ckpt, {**hp, "seq_len": length, "init_from": None}, source)
     datamodule = LongContextDataModule(**{**data, "seq_len": length, "batch_size": max(1, batch_tokens // length),
                                           "max_val_windows": windows, "num_workers": 0})
     trainer = TTTTrainer(logger=False, enable_checkpointing=False, enable_model_summary=False, **trainer_kwargs)
@@ -70,8 +70,6 @@ def evaluate_context(ckpt_path: str | Path, lengths: list[int], out_dir: str | P
                      data_config: str | None = None, data_overrides: dict[str, Any] | None = None,
                      trainer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate ``ckpt_path`` at every length; write ``context_eval.{json,csv,png}`` and per-length reports."""
-    from lightning_ttt.infer.loading import read_checkpoint
-
     _check_lengths(lengths, tokens_per_length, batch_tokens, last_tokens)
     ckpt, hp = read_checkpoint(ckpt_path)
     if method is not None and method != hp["method"]:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from lightning_ttt.config import ModelConfig
 from lightning_ttt.infer.session import default_update
 from lightning_ttt.model.transformer import Transformer
+from lightning_ttt.model.weights import load_strict
 from lightning_ttt.ttt.inner_loop import UpdateFn
 
 FORMAT = "lightning_ttt.export/1"
@@ -28,20 +29,6 @@ class LoadedModel:
     model: Transformer  # in eval mode
     update: UpdateFn  # the inner step to use at inference
     tokenizer: str  # tokenizer spec (``data.tokenizer``), "bytes" when unknown
-
-
-def _load_weights(model: Transformer, state: dict[str, torch.Tensor], source: str) -> None:
-    from lightning_ttt.lit.checkpoint_io import state_mismatch
-
-    missing, unexpected, wrong = state_mismatch(model.state_dict(), state)
-    if missing or unexpected or wrong:
-        detail = "; ".join(part for part in (
-            f"missing {', '.join(missing[:3])}" if missing else "",
-            f"unexpected {', '.join(unexpected[:3])}" if unexpected else "",
-            f"shape mismatch in {', '.join(wrong[:3])}" if wrong else "") if part)
-        raise ValueError(f"{source} holds weights of another architecture than its config "
-                         f"({model.cfg.name}, method {model.cfg.method}): {detail}")
-    model.load_state_dict(state)
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict[str, Any]]:
@@ -60,25 +47,29 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt, {k: v for k, v in hp.items() if not k.startswith("_")}  # LightningCLI adds e.g. `_instantiator`
 
 
-def build_module(ckpt: dict, hp: dict[str, Any], source: str):
-    """A ``TTTLanguageModel`` from hyper-parameters ``hp`` holding the checkpoint's weights, in eval mode."""
-    from lightning_ttt.lit.module import TTTLanguageModel
-
+def config_from_hparams(hp: dict[str, Any], source: str) -> ModelConfig:
+    """The model a checkpoint was trained with, from the hyper-parameters ``TTTLanguageModel`` saved."""
     try:
-        module = TTTLanguageModel(**hp)
-    except TypeError as err:
-        raise ValueError(f"{source} is not a TTTLanguageModel checkpoint ({err})") from None
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    _load_weights(module.model, state, source)
-    return module.eval()
+        return ModelConfig.from_settings(hp["preset"], hp["method"], hp.get("config"), vocab_size=hp.get("vocab_size"),
+                                         bos_id=hp.get("bos_id"), eos_id=hp.get("eos_id"))
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{source} is not a TTTLanguageModel checkpoint (hyper-parameters: {err})") from None
+
+
+def model_state(ckpt: dict) -> dict[str, torch.Tensor]:
+    """The Transformer's weights in a ``TTTLanguageModel`` checkpoint (its ``model.`` entries)."""
+    return {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedModel:
-    """A ``TTTLanguageModel`` Lightning checkpoint -> model, its ``inner_update`` hook, tokenizer spec."""
+    """A ``TTTLanguageModel`` Lightning checkpoint -> model (without building the LightningModule), the
+    evaluation-time inner step, tokenizer spec."""
     ckpt, hp = read_checkpoint(path, map_location)
-    module = build_module(ckpt, hp, str(path))
+    model = Transformer(config_from_hparams(hp, str(path)))
+    load_strict(model, model_state(ckpt), str(path))
+    model.eval()
     tokenizer = (ckpt.get("datamodule_hyper_parameters") or {}).get("tokenizer", "bytes")
-    return LoadedModel(module.model, module.inner_update, tokenizer if isinstance(tokenizer, str) else "bytes")
+    return LoadedModel(model, default_update(model), tokenizer if isinstance(tokenizer, str) else "bytes")
 
 
 def load_model_dir(path: str | Path, map_location: str = "cpu") -> LoadedModel:
@@ -92,7 +83,7 @@ def load_model_dir(path: str | Path, map_location: str = "cpu") -> LoadedModel:
     cfg = ModelConfig(**meta["model"])
     state = load_file(str(path / WEIGHTS), device=str(map_location))
     model = Transformer(cfg).to(next(iter(state.values())).dtype)
-    _load_weights(model, state, str(path))
+    load_strict(model, state, str(path))
     model.eval()
     return LoadedModel(model, default_update(model), meta.get("tokenizer", "bytes"))
 

@@ -12,13 +12,6 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_ttt.io import atomic_write
 
 
-def state_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
-    """Keys missing from ``state``, keys it has in excess, and shared keys whose shapes differ (each sorted)."""
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
-    return missing, unexpected, wrong
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write to a temporary file in the target directory, fsync, then ``os.replace`` it into place.
 

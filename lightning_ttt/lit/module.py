@@ -17,10 +17,11 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lightning_ttt.config import ModelConfig
-from lightning_ttt.eval.position import (PositionCurve, PositionNLL, plot_nll_by_position, position_report,
-                                         write_position_report)
-from lightning_ttt.lit.checkpoint_io import state_mismatch
+from lightning_ttt.infer.loading import model_state
+from lightning_ttt.metrics import (PositionCurve, PositionNLL, plot_nll_by_position, position_report,
+                                   write_position_report)
 from lightning_ttt.model.transformer import Transformer
+from lightning_ttt.model.weights import load_strict, state_mismatch
 from lightning_ttt.ttt.objective import LMOutput, lm_loss
 from lightning_ttt.ttt.update import FastWeights, effective_inner_lr, sgd_step
 
@@ -67,7 +68,7 @@ class TTTLanguageModel(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.cfg = ModelConfig.from_preset(preset, method, **_with_tokenizer(config or {}, vocab_size, bos_id, eos_id))
+        self.cfg = ModelConfig.from_settings(preset, method, config, vocab_size=vocab_size, bos_id=bos_id, eos_id=eos_id)
         self.cfg.check_seq_len(seq_len, "data.seq_len")
         if not 0 <= warmup_fraction < 1:
             raise ValueError(f"model.warmup_fraction={warmup_fraction} must be in [0, 1)")
@@ -212,22 +213,6 @@ class TTTLanguageModel(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def _with_tokenizer(config: dict[str, Any], vocab_size: int | None, bos_id: int | None,
-                    eos_id: int | None) -> dict[str, Any]:
-    """Model overrides with the tokenizer's ids; ``config`` may pad vocab_size but not contradict the ids."""
-    merged = dict(config)
-    if vocab_size is not None:
-        padded = merged.setdefault("vocab_size", vocab_size)
-        if padded < vocab_size:
-            raise ValueError(f"model.config.vocab_size={padded} is smaller than the tokenizer's vocabulary "
-                             f"({vocab_size} ids, data.tokenizer); remove it or raise it")
-    for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
-        if value is not None and merged.setdefault(name, value) != value:
-            raise ValueError(f"model.config.{name}={merged[name]} contradicts the tokenizer's {name}={value} "
-                             "(data.tokenizer); remove it from model.config")
-    return merged
-
-
 def check_strategy(strategy: Any, cfg: ModelConfig) -> None:
     """Refuse strategies that cannot carry the meta-learning inner loop (gradients of gradients).
 
@@ -247,6 +232,16 @@ def check_strategy(strategy: Any, cfg: ModelConfig) -> None:
         raise ValueError(f"trainer.strategy={strategy if isinstance(strategy, str) else type(strategy).__name__} "
                          f"cannot train method=e2e with meta-learning (sharded parameters lose gradients of "
                          "gradients); use ddp or deepspeed_stage_1/2")
+
+
+def module_from_checkpoint(ckpt: dict[str, Any], hp: dict[str, Any], source: str) -> TTTLanguageModel:
+    """A ``TTTLanguageModel`` built from hyper-parameters ``hp`` holding ``ckpt``'s weights, in eval mode."""
+    try:
+        module = TTTLanguageModel(**hp)
+    except TypeError as err:
+        raise ValueError(f"{source} is not a TTTLanguageModel checkpoint ({err})") from None
+    load_strict(module.model, model_state(ckpt), source)
+    return module.eval()
 
 
 def load_weights(module: L.LightningModule, path: str) -> None:

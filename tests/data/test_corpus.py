@@ -10,7 +10,7 @@ import pytest
 
 from lightning_ttt.data import open_records
 from lightning_ttt.data.corpus import stdlib_files
-from lightning_ttt.data.stream import first_record
+from lightning_ttt.data.sources import first_record
 
 
 def records(sources, **kwargs) -> list[dict]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from corpora import doc_text, write_jsonl_shards
 
-from lightning_ttt.data import LongContextDataModule, TextDataModule
+from lightning_ttt.data import LongContextDataModule
 from lightning_ttt.data.validation import ValidationWindows
 
 
@@ -31,7 +31,6 @@ def _check_batch(batch, batch_size, seq_len, bos_id):
 
 def test_stdlib_batches(stdlib_dm):
     dm = stdlib_dm
-    assert TextDataModule is LongContextDataModule
     assert (dm.vocab_size, dm.bos_id, dm.eos_id) == (258, 256, 257)
     train = next(iter(dm.train_dataloader()))
     assert set(train) == {"input_ids", "targets", "loss_mask", "_state"}

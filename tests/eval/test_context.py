@@ -11,7 +11,8 @@ import torch
 from lightning_ttt.cli import main
 from lightning_ttt.data.datamodule import LongContextDataModule
 from lightning_ttt.eval.context import data_settings, evaluate_context
-from lightning_ttt.infer.loading import build_module, read_checkpoint
+from lightning_ttt.infer.loading import read_checkpoint
+from lightning_ttt.lit.module import module_from_checkpoint
 
 CPU = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
 
@@ -19,7 +20,7 @@ CPU = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
 def _direct_loss(ckpt_path: Path, length: int, windows: int, method: str | None = None) -> tuple[float, float]:
     """Mean chunk loss and token NLL of the same windows, computed without Lightning (TTT on for e2e)."""
     ckpt, hp = read_checkpoint(ckpt_path)
-    module = build_module(ckpt, {**hp, "seq_len": length, "method": method or hp["method"], "init_from": None}, "ckpt")
+    module = module_from_checkpoint(ckpt, {**hp, "seq_len": length, "method": method or hp["method"], "init_from": None}, "ckpt")
     data = LongContextDataModule(**{**data_settings(ckpt, None), "seq_len": length, "max_val_windows": windows,
                                     "batch_size": windows})
     data.setup("validate")

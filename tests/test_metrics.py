@@ -14,8 +14,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torchmetrics import MeanMetric
 
-from lightning_ttt.eval.position import (PositionCurve, PositionNLL, bucket_means, fixed_buckets, log2_buckets,
-                                         log_binned, position_report, tail_mean, write_position_report)
+from lightning_ttt.metrics import (PositionCurve, PositionNLL, bucket_means, fixed_buckets, log2_buckets, log_binned,
+                                   position_report, tail_mean, write_position_report)
 
 
 @pytest.mark.parametrize("seq_len", [1, 7, 128, 1000, 16384])

@@ -14,16 +14,16 @@ from typing import Any
 import torch
 
 from lightning_ttt.eval.context import RESULT
-from lightning_ttt.eval.position import PositionCurve, plot_nll_by_position
 from lightning_ttt.io import atomic_write_text, save_figure
+from lightning_ttt.metrics import PositionCurve, plot_nll_by_position
+from lightning_ttt.sweep.plan import Evaluation, Step, read_marker
+from lightning_ttt.sweep.spec import SweepSpec
 
 SUMMARY = "summary.jsonl"
 
 
-def collect(spec, steps, out: Path) -> list[dict[str, Any]]:
+def collect(steps: list[Step], out: Path) -> list[dict[str, Any]]:
     """One row per finished evaluation, in plan order, with the difference to full attention."""
-    from lightning_ttt.eval.sweep import Evaluation, read_marker
-
     rows = []
     for ev in (s for s in steps if isinstance(s, Evaluation)):
         marker = read_marker(out, ev)
@@ -61,9 +61,9 @@ def load_position_curve(sweep_dir: str | Path, row: dict[str, Any]) -> PositionC
     return PositionCurve(torch.tensor(report["nll"], dtype=torch.float64), torch.tensor(report["tokens"], dtype=torch.float64))
 
 
-def write_report(spec, steps, out: Path) -> list[dict[str, Any]]:
+def write_report(spec: SweepSpec, steps: list[Step], out: Path) -> list[dict[str, Any]]:
     """Rewrite summary.jsonl, figures/*.png and the TensorBoard summary/hparams runs."""
-    rows = collect(spec, steps, out)
+    rows = collect(steps, out)
     atomic_write_text(out / SUMMARY, "".join(json.dumps(r) + "\n" for r in rows))
     if not rows:
         return rows

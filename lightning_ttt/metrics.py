@@ -1,4 +1,8 @@
-"""Per-token NLL by position: a torchmetrics metric, log-spaced and fixed-width buckets, reports, a figure."""
+"""Per-token NLL by position: a torchmetrics metric, log-spaced and fixed-width buckets, reports, a figure.
+
+A leaf of the package (it imports only ``io``): the LightningModule, the evaluation commands and the
+sweep report all read their per-position numbers through it.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A tiny sweep file and the `ttt sweep` command line, for the evaluation tests."""
+"""A tiny sweep file and the `ttt sweep` command line, for the sweep and evaluation tests."""
 
 from __future__ import annotations
 

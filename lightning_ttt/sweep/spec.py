@@ -26,7 +26,8 @@ from typing import Any
 
 import yaml
 
-METHODS = ("fa", "swa", "e2e")
+from lightning_ttt.config import METHODS
+
 _SECTIONS = {"name", "out_dir", "methods", "grid", "base", "pretrain", "extend", "evaluate", "where"}
 _PRETRAIN = {"seq_len", "set", "share"}
 _EXTEND = {"lengths", "tokens_per_batch", "set"}

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sweeps import run_sweep, tiny_sweep_spec  # tests/eval/sweeps.py
+from sweeps import run_sweep, tiny_sweep_spec  # tests/sweeps.py
 
-from lightning_ttt.eval.sweep import Evaluation, Fit, check_configs, plan
-from lightning_ttt.eval.sweep_spec import get_dotted, load_spec
+from lightning_ttt.sweep.plan import Evaluation, Fit, plan
+from lightning_ttt.sweep.run import check_configs
+from lightning_ttt.sweep.spec import get_dotted, load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 SWEEP_RECIPES = sorted((REPO / "recipes").rglob("sweep-*.yaml"))
