@@ -136,7 +136,7 @@ class ModelConfig:
             raise ValueError(f"{setting}={seq_len} must be >= 1")
         if seq_len % self.loss_chunk(seq_len):
             raise ValueError(f"{setting}={seq_len} must be a multiple of the mini-batch size "
-                             f"b={self.mini_batch} (model.mini_batch)")
+                             f"b={self.mini_batch} (model.config.mini_batch)")
 
     def loss_chunk(self, seq_len: int) -> int:
         """Tokens per loss chunk: b, or the whole sequence when it is shorter than b."""

@@ -12,12 +12,11 @@ so rerunning an interrupted command continues where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -124,33 +123,29 @@ def _write_shard(out: Path, index: int, docs, dtype: str, bar) -> dict:
     return {"index": index, "file": name, "num_docs": num_docs, "num_tokens": num_tokens}
 
 
-def main(argv: list[str]) -> int:
-    """``ttt prepare SOURCE [SOURCE ...] --out DIR [--tokenizer SPEC] ...``"""
-    parser = argparse.ArgumentParser(
-        prog="ttt prepare", description="Tokenize sources once into parquet token shards plus manifest.json; "
-        "train on them with --data.sources '[DIR]' and the same --data.tokenizer.")
-    parser.add_argument("sources", nargs="+",
-                        help="stdlib, files, directories, globs or hf:<repo>[:<config>][@<split>]")
-    parser.add_argument("--out", required=True, help="output directory (created; rerun to resume)")
-    parser.add_argument("--tokenizer", default="bytes", help="bytes, a tokenizer.json path, or a hub name")
-    parser.add_argument("--text-field", default="text", help="text field of .jsonl/.json/.parquet and hub records")
-    parser.add_argument("--bos-token", default=None, help="BOS token of a Hugging Face tokenizer (default: detected)")
-    parser.add_argument("--eos-token", default=None, help="EOS token of a Hugging Face tokenizer (default: detected)")
-    parser.add_argument("--invalid-utf8", choices=["error", "replace"], default="error",
-                        help="text tokenizers: stop at invalid UTF-8, or replace it with U+FFFD")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing preparation in --out")
-    args = parser.parse_args(argv)
-    try:
-        manifest = prepare(args.sources, args.out, args.tokenizer, args.text_field, args.bos_token, args.eos_token,
-                           args.invalid_utf8, args.overwrite)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"ttt prepare: error: {err}", file=sys.stderr)
-        return 2
+def prepare_command(sources: list[str], /, *, out: str, tokenizer: str = "bytes", text_field: str = "text",
+                    bos_token: str | None = None, eos_token: str | None = None,
+                    invalid_utf8: Literal["error", "replace"] = "error", overwrite: bool = False) -> int:
+    """Tokenize sources once into parquet token shards plus manifest.json.
+
+    Train on them with --data.sources '[DIR]' and the same --data.tokenizer; rerunning an interrupted
+    command continues where it stopped.
+
+    Args:
+        sources: stdlib, files, directories, globs or hf:<repo>[:<config>][@<split>].
+        out: output directory (created; rerun to resume).
+        tokenizer: bytes, a tokenizer.json path, or a hub name.
+        text_field: text field of .jsonl/.json/.parquet and hub records.
+        bos_token: BOS token of a Hugging Face tokenizer (default: detected).
+        eos_token: EOS token of a Hugging Face tokenizer (default: detected).
+        invalid_utf8: text tokenizers: stop at invalid UTF-8, or replace it with U+FFFD.
+        overwrite: replace an existing preparation in --out.
+    """
+    manifest = prepare(sources, out, tokenizer, text_field, bos_token, eos_token, invalid_utf8, overwrite)
     docs = sum(s["num_docs"] for s in manifest["shards"])
     tokens = sum(s["num_tokens"] for s in manifest["shards"])
-    size = sum((Path(args.out) / s["file"]).stat().st_size for s in manifest["shards"])
-    print(f"{args.out}: {len(manifest['shards'])} shards, {docs:,} documents, {tokens:,} tokens "
-          f"({manifest['dtype']}, {size / 2**20:.1f} MiB); train with --data.sources '[{args.out}]' "
+    size = sum((Path(out) / s["file"]).stat().st_size for s in manifest["shards"])
+    print(f"{out}: {len(manifest['shards'])} shards, {docs:,} documents, {tokens:,} tokens "
+          f"({manifest['dtype']}, {size / 2**20:.1f} MiB); train with --data.sources '[{out}]' "
           f"--data.tokenizer {manifest['tokenizer']}")
     return 0
-

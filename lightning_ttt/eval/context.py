@@ -8,13 +8,12 @@ per-position report per length and a figure.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lightning_ttt.data.datamodule import LongContextDataModule
 from lightning_ttt.infer.loading import read_checkpoint
@@ -147,38 +146,32 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="ttt eval-context",
-                                     description="Evaluate one checkpoint at several context lengths (TTT active "
-                                                 "for e2e): table, per-position reports and a figure.")
-    parser.add_argument("ckpt", help="Lightning checkpoint (.ckpt) of a TTTLanguageModel")
-    parser.add_argument("--lengths", type=int, nargs="+", required=True, help="context lengths in tokens")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--method", choices=SWAPPABLE_METHODS, default=None,
-                        help="evaluate fa weights with the sliding window (swa) or the reverse")
-    parser.add_argument("--tokens-per-length", type=int, default=262_144,
-                        help="validation tokens per length: windows = this // length (default 262144; 0: all)")
-    parser.add_argument("--batch-tokens", type=int, default=16_384, help="tokens per batch: batch = this // length")
-    parser.add_argument("--last-tokens", type=int, default=512, help="the 'last positions' of the table (default 512)")
-    parser.add_argument("--data-config", default=None,
-                        help="YAML with a `data:` section replacing the checkpoint's data settings")
-    parser.add_argument("--min-doc-tokens", type=int, default=None,
-                        help="only documents this long (e.g. the longest length, so every length reads the same texts)")
-    parser.add_argument("--accelerator", default="auto")
-    parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    args = parser.parse_args(argv)
-    overrides = {} if args.min_doc_tokens is None else {"min_doc_tokens": args.min_doc_tokens}
-    trainer_kwargs = {"accelerator": args.accelerator, "devices": 1, "precision": args.precision,
-                      "enable_progress_bar": args.progress}
-    try:
-        result = evaluate_context(args.ckpt, args.lengths, args.out, method=args.method,
-                                  tokens_per_length=args.tokens_per_length or None, batch_tokens=args.batch_tokens,
-                                  last_tokens=args.last_tokens, data_config=args.data_config,
-                                  data_overrides=overrides, trainer_kwargs=trainer_kwargs)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"ttt eval-context: error: {err}", file=sys.stderr)
-        return 2
+def eval_context(ckpt: str, /, *, lengths: list[int], out: str, method: Literal["fa", "swa"] | None = None,
+                 tokens_per_length: int = 262_144, batch_tokens: int = 16_384, last_tokens: int = 512,
+                 data_config: str | None = None, min_doc_tokens: int | None = None, accelerator: str = "auto",
+                 precision: str = "32-true", progress: bool = True) -> int:
+    """Evaluate one checkpoint at several context lengths (TTT active for e2e): table, per-position reports, figure.
+
+    Args:
+        ckpt: Lightning checkpoint (.ckpt) of a TTTLanguageModel.
+        lengths: context lengths in tokens.
+        out: output directory.
+        method: evaluate fa weights with the sliding window (swa), or the reverse.
+        tokens_per_length: validation tokens per length: windows = this // length (0: all).
+        batch_tokens: tokens per batch: batch = this // length.
+        last_tokens: the "last positions" of the table.
+        data_config: YAML with a `data:` section replacing the checkpoint's data settings.
+        min_doc_tokens: only documents this long (e.g. the longest length, so every length reads the same texts).
+        accelerator: Lightning accelerator.
+        precision: Lightning precision.
+        progress: show Lightning's progress bar (--no-progress: do not).
+    """
+    overrides = {} if min_doc_tokens is None else {"min_doc_tokens": min_doc_tokens}
+    trainer_kwargs = {"accelerator": accelerator, "devices": 1, "precision": precision,
+                      "enable_progress_bar": progress}
+    result = evaluate_context(ckpt, lengths, out, method=method, tokens_per_length=tokens_per_length or None,
+                              batch_tokens=batch_tokens, last_tokens=last_tokens, data_config=data_config,
+                              data_overrides=overrides, trainer_kwargs=trainer_kwargs)
     print(markdown_table(result["rows"]))
-    print(f"wrote {Path(args.out) / RESULT}, context_eval.csv, context_eval.png and nll_by_position-*.{{json,csv}}")
+    print(f"wrote {Path(out) / RESULT}, context_eval.csv, context_eval.png and nll_by_position-*.{{json,csv}}")
     return 0

@@ -21,7 +21,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Literal, Sequence
 
 TASKS = ("niah_1", "niah_2", "niah_3")
 # Kept short so that byte-level debug models can be probed at a few hundred tokens.
@@ -254,63 +254,50 @@ def format_table(summary: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _error(err: BaseException) -> int:
-    import sys
+def niah(*, ckpt: str | None = None, model_dir: str | None = None, lengths: Sequence[int] = (256, 512, 1024),
+         depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+         tasks: Sequence[Literal["niah_1", "niah_2", "niah_3"]] = TASKS, samples: int = 4, seed: int = 0,
+         corpus: Sequence[str] = ("stdlib",), window: int | None = None, max_new_tokens: int | None = None,
+         out: str = "niah", tensorboard: str | None = None, device: str = "cpu", threads: int | None = None,
+         progress: bool = True) -> int:
+    """RULER single-needle retrieval (S-NIAH), split inside/outside the attention window.
 
-    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    print(f"ttt niah: error: {line}", file=sys.stderr)
-    return 2
-
-
-def main(argv: list[str]) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="ttt niah",
-                                     description="RULER single-needle retrieval (S-NIAH), split inside/outside "
-                                                 "the attention window.")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="Lightning checkpoint (.ckpt)")
-    source.add_argument("--model-dir", help="directory written by `ttt export`")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024], help="prompt lengths in tokens")
-    parser.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
-                        help="needle depths, fractions of the haystack")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    parser.add_argument("--samples", type=int, default=4, help="samples per (task, length, depth)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--corpus", nargs="+", default=["stdlib"],
-                        help="essay haystack sources: stdlib, files, directories or globs (default: stdlib)")
-    parser.add_argument("--window", type=int, default=None,
-                        help="window for the inside/outside split (default: the model's; none for fa)")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the value's length + 8")
-    parser.add_argument("--out", default="niah", help="output directory (default: ./niah)")
-    parser.add_argument("--tensorboard", default=None, help="TensorBoard log directory for the heatmaps")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    args = parser.parse_args(argv)
+    Args:
+        ckpt: Lightning checkpoint (.ckpt).
+        model_dir: directory written by `ttt export` (instead of --ckpt).
+        lengths: prompt lengths in tokens.
+        depths: needle depths, fractions of the haystack.
+        tasks: RULER tasks.
+        samples: samples per (task, length, depth).
+        seed: seeds the needles and haystacks.
+        corpus: essay haystack sources: stdlib, files, directories or globs.
+        window: window for the inside/outside split (default: the model's; none for fa).
+        max_new_tokens: default: the value's length + 8.
+        out: output directory.
+        tensorboard: TensorBoard log directory for the heatmaps.
+        device: torch device.
+        threads: CPU threads.
+        progress: show a progress bar (--no-progress: do not).
+    """
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from lightning_ttt.data.tokenizer import load_tokenizer
     from lightning_ttt.infer.loading import load_any
 
-    try:
-        if args.samples < 1:
-            raise ValueError(f"--samples={args.samples} must be >= 1")
-        loaded = load_any(args.ckpt, args.model_dir)
-        model = loaded.model.to(args.device)
-        cfg = model.cfg
-        window = args.window if args.window is not None else (None if cfg.method == "fa" else cfg.window)
-        tokenizer = load_tokenizer(loaded.tokenizer)
-        samples = make_samples(args.tasks, args.lengths, args.depths, args.samples, args.seed, tokenizer, window,
-                               args.corpus)
-        with torch.no_grad():
-            rows = score(samples, model_answerer(model, loaded.update, tokenizer, args.max_new_tokens), args.progress)
-        summary = write_results(rows, args.out, args.tensorboard)
-    except (OSError, ValueError, RuntimeError) as err:
-        return _error(err)
+    if threads:
+        torch.set_num_threads(threads)
+    if samples < 1:
+        raise ValueError(f"--samples={samples} must be >= 1")
+    loaded = load_any(ckpt, model_dir)
+    model = loaded.model.to(device)
+    cfg = model.cfg
+    window = window if window is not None else (None if cfg.method == "fa" else cfg.window)
+    tokenizer = load_tokenizer(loaded.tokenizer)
+    items = make_samples(tasks, lengths, depths, samples, seed, tokenizer, window, corpus)
+    with torch.no_grad():
+        rows = score(items, model_answerer(model, loaded.update, tokenizer, max_new_tokens), progress)
+    summary = write_results(rows, out, tensorboard)
     print(f"{cfg.name} (method {cfg.method}, window {window if window is not None else 'none'})")
     print(format_table(summary))
-    print(f"wrote {len(rows)} samples to {Path(args.out) / 'samples.jsonl'}, summary.csv and heatmaps")
+    print(f"wrote {len(rows)} samples to {Path(out) / 'samples.jsonl'}, summary.csv and heatmaps")
     return 0

@@ -9,15 +9,21 @@ The default geometry is the paper's scaled by 1/8: window k = 1024, mini-batch b
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
+
+from lightning_ttt.config import ModelConfig
+from lightning_ttt.infer.session import InferenceSession
+from lightning_ttt.model.transformer import Transformer
 
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
@@ -31,12 +37,21 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def measure(method: str, context: int, args: argparse.Namespace) -> dict:
-    """Prefill ``context`` tokens and decode ``args.decode`` more in this process; returns one row."""
-    from lightning_ttt.config import ModelConfig
-    from lightning_ttt.infer.session import InferenceSession
-    from lightning_ttt.model.transformer import Transformer
+@dataclass
+class Settings:
+    """What every measurement shares (passed to the measuring subprocess as JSON)."""
 
+    preset: str = "debug"
+    window: int = 1024
+    mini_batch: int = 128
+    decode: int = 128
+    piece: int = 4096
+    threads: int = 1
+    device: str = "cpu"
+
+
+def measure(method: str, context: int, args: Settings) -> dict:
+    """Prefill ``context`` tokens and decode ``args.decode`` more in this process; returns one row."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = ModelConfig.from_preset(args.preset, method, window=args.window, mini_batch=args.mini_batch)
@@ -68,12 +83,10 @@ def measure(method: str, context: int, args: argparse.Namespace) -> dict:
             "device": str(device), "threads": args.threads, "window": cfg.window, "mini_batch": cfg.mini_batch}
 
 
-def run_fresh(method: str, context: int, args: argparse.Namespace) -> dict:
-    flags = ["--preset", args.preset, "--window", str(args.window), "--mini-batch", str(args.mini_batch),
-             "--decode", str(args.decode), "--piece", str(args.piece), "--threads", str(args.threads),
-             "--device", args.device]
-    cmd = [sys.executable, "-m", "lightning_ttt.infer.bench", "--one", method, str(context), *flags]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+def run_fresh(method: str, context: int, args: Settings, timeout: float) -> dict:
+    """``measure`` in a fresh Python process, so that its peak memory is its own."""
+    cmd = [sys.executable, "-m", "lightning_ttt.infer.bench", method, str(context), json.dumps(asdict(args))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode:
         raise RuntimeError(f"{method} at {context}: {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -118,46 +131,47 @@ def write_tensorboard(rows: list[dict], logdir: Path) -> None:
                 writer.add_scalar(f"infer/{r['method']}/{key}", r[key], global_step=r["context"])
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ttt bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=["fa", "swa", "e2e"], choices=["fa", "swa", "e2e"])
-    parser.add_argument("--lengths", nargs="+", type=int, default=list(DEFAULT_LENGTHS))
-    parser.add_argument("--preset", default="debug")
-    parser.add_argument("--window", type=int, default=1024)
-    parser.add_argument("--mini-batch", type=int, default=128)
-    parser.add_argument("--decode", type=int, default=128, help="tokens decoded after the prefill")
-    parser.add_argument("--piece", type=int, default=4096, help="prompt tokens fed per call")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds per (method, context)")
-    parser.add_argument("--out", default="bench-results/infer_speed", help="writes OUT.json and OUT.png")
-    parser.add_argument("--tensorboard", default=None, help="also write TensorBoard scalars to this directory")
-    parser.add_argument("--one", nargs=2, metavar=("METHOD", "CONTEXT"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+def bench(*, methods: Sequence[Literal["fa", "swa", "e2e"]] = ("fa", "swa", "e2e"),
+          lengths: Sequence[int] = DEFAULT_LENGTHS, preset: str = "debug", window: int = 1024, mini_batch: int = 128,
+          decode: int = 128, piece: int = 4096, threads: int = 1, device: str = "cpu", timeout: float = 3600,
+          out: str = "bench-results/infer_speed", tensorboard: str | None = None) -> int:
+    """Inference speed and memory against context length for fa, swa and e2e (prints and plots; never asserts).
 
+    Each (method, context) runs in a fresh process; the default geometry is the paper's at 1/8.
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), args)))
-        return 0
+    Args:
+        methods: methods to measure.
+        lengths: context lengths in tokens.
+        preset: model preset.
+        window: sliding window k.
+        mini_batch: TTT mini-batch b.
+        decode: tokens decoded after the prefill.
+        piece: prompt tokens fed per call.
+        threads: CPU threads.
+        device: torch device.
+        timeout: seconds per (method, context).
+        out: writes OUT.json and OUT.png.
+        tensorboard: also write TensorBoard scalars to this directory.
+    """
+    settings = Settings(preset, window, mini_batch, decode, piece, threads, device)
+    ModelConfig.from_preset(preset, "e2e", window=window, mini_batch=mini_batch)  # bad settings: one line, now
     rows = []
-    for context in sorted(args.lengths):
-        for method in args.methods:
+    for context in sorted(lengths):
+        for method in methods:
             try:
-                rows.append(run_fresh(method, context, args))
+                rows.append(run_fresh(method, context, settings, timeout))
             except (RuntimeError, subprocess.TimeoutExpired) as err:
                 print(f"skipped: {err}", file=sys.stderr)
     print_table(rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-    plot(rows, out.with_suffix(".png"))
-    if args.tensorboard:
-        write_tensorboard(rows, Path(args.tensorboard))
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}", file=sys.stderr)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(rows, path.with_suffix(".png"))
+    if tensorboard:
+        write_tensorboard(rows, Path(tensorboard))
+    print(f"wrote {path.with_suffix('.json')} and {path.with_suffix('.png')}", file=sys.stderr)
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # one measurement: METHOD CONTEXT SETTINGS-JSON (run by `run_fresh`)
+    print(json.dumps(measure(sys.argv[1], int(sys.argv[2]), Settings(**json.loads(sys.argv[3])))))

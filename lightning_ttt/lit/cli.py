@@ -2,18 +2,47 @@
 
 from __future__ import annotations
 
-from lightning.pytorch.cli import ArgsType, LightningCLI
+import re
+
+from jsonargparse import ArgumentError
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lightning_ttt.data.datamodule import LongContextDataModule
 from lightning_ttt.lit.module import TTTLanguageModel
 from lightning_ttt.lit.trainer import TTTTrainer
 
 
+class SettingsError(ValueError):
+    """A setting the run cannot start with; ``ttt`` prints it as one line and exits 2."""
+
+
+def explain(err: ArgumentError) -> str:
+    """jsonargparse's multi-line message as one line that names the option."""
+    message = str(err).strip()
+    key = re.match(r'Parser key "([\w.]+)"[^:]*:\s*(.*)', message, re.S)
+    if key is None:
+        return message.splitlines()[0]
+    detail = re.sub(r"Expected an? <class '(\w+)'>", r"expected \1", key.group(2).splitlines()[0].strip())
+    return f"--{key.group(1)}: {detail}"
+
+
 class TTTLightningCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.seq_len", "model.seq_len")
         for name in ("vocab_size", "bos_id", "eos_id"):  # the model's vocabulary follows the tokenizer
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            raise SettingsError(explain(err)) from err
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, OSError) as err:
+            raise SettingsError(str(err)) from err
 
     def before_fit(self) -> None:
         self._check_vocabulary()
@@ -28,12 +57,12 @@ class TTTLightningCLI(LightningCLI):
         data, cfg = self.datamodule, self.model.cfg
         vocab = getattr(data, "vocab_size", None)
         if vocab is not None and vocab > cfg.vocab_size:
-            raise ValueError(f"the data's tokenizer has {vocab} ids but model vocab_size={cfg.vocab_size}; "
-                             "set model.config.vocab_size >= the tokenizer's vocabulary")
+            raise SettingsError(f"the data's tokenizer has {vocab} ids but model vocab_size={cfg.vocab_size}; "
+                                "set model.config.vocab_size >= the tokenizer's vocabulary")
 
 
 def cli_main(args: ArgsType = None, run: bool = True) -> TTTLightningCLI:
     return TTTLightningCLI(
         TTTLanguageModel, LongContextDataModule, trainer_class=TTTTrainer, args=args, run=run,
-        save_config_kwargs={"overwrite": True}, parser_kwargs={"default_env": False},
+        save_config_kwargs={"overwrite": True}, parser_kwargs={"default_env": False, "exit_on_error": False},
     )

@@ -10,7 +10,6 @@ a fit interrupted midway resumes from its ``last.ckpt``.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -141,28 +140,27 @@ def check_configs(spec: SweepSpec, steps: list[Step]) -> None:
                     raise ValueError(f"sweep point {step.name}: its LightningCLI config does not load (see above)") from err
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="ttt sweep",
-                                     description="Pretrain, extend and evaluate every method at every context "
-                                                 "length of a sweep file; finished points are skipped.")
-    parser.add_argument("spec", help="sweep YAML (a top-level `sweep:` section), e.g. recipes/debug/sweep-context.yaml")
-    parser.add_argument("--out-dir", default=None, help="output directory (default: the file's out_dir, else runs/<name>)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the plan and check every run's config through the CLI, run nothing")
-    parser.add_argument("--quiet", action="store_true", help="keep the runs' output in their logs only")
-    args = parser.parse_args(argv)
+def sweep(spec: str, /, *, out_dir: str | None = None, dry_run: bool = False, quiet: bool = False) -> int:
+    """Pretrain, extend and evaluate every method at every context length of a sweep file.
+
+    Finished points are skipped; an interrupted training run resumes from its last checkpoint. Exits 1
+    when a point fails (finished points stay finished).
+
+    Args:
+        spec: sweep YAML (a top-level `sweep:` section), e.g. recipes/debug/sweep-context.yaml.
+        out_dir: output directory (default: the file's out_dir, else runs/<name>).
+        dry_run: print the plan and check every run's config through the CLI, run nothing.
+        quiet: keep the runs' output in their logs only.
+    """
+    loaded = load_spec(spec, out_dir)
+    steps = plan(loaded)
+    if dry_run:
+        print(describe(loaded, steps))
+        check_configs(loaded, steps)
+        print("every run config loads")
+        return 0
     try:
-        spec = load_spec(args.spec, args.out_dir)
-        steps = plan(spec)
-        if args.dry_run:
-            print(describe(spec, steps))
-            check_configs(spec, steps)
-            print("every run config loads")
-            return 0
-        return SweepRunner(spec, echo=not args.quiet).run(steps)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"ttt sweep: error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:  # a point failed; finished points stay finished
+        return SweepRunner(loaded, echo=not quiet).run(steps)
+    except RuntimeError as err:  # a point failed; its log holds the details
         print(f"ttt sweep: {err}", file=sys.stderr)
         return 1

@@ -18,8 +18,6 @@ training token, forward + backward):
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,13 +108,11 @@ def render(p: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="ttt plan", description="Parameters, FLOPs and memory of a recipe.")
-    parser.add_argument("--config", action="append", required=True, help="recipe YAML (repeat to stack)")
-    args = parser.parse_args(argv)
-    try:
-        print(render(plan(load_recipe(args.config))))
-    except (OSError, ValueError) as err:
-        print(f"ttt plan: error: {err}", file=sys.stderr)
-        return 2
+def plan_command(*, config: list[str]) -> int:
+    """Parameters, FLOPs per token and memory per device of a recipe, before launching it.
+
+    Args:
+        config: recipe YAML; several stack like LightningCLI's --config (the last one wins).
+    """
+    print(render(plan(load_recipe(config))))
     return 0

@@ -8,9 +8,10 @@ tolerances, and returns one JSON-serialisable report.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -125,3 +126,25 @@ def verify(fixture_path: str | Path, dtype: str = "float32", against: str = "aut
                                  "loss": float(ours["loss"]), "checks": checks}
     report["passed"] = bool(report["modes"]) and all(m["passed"] for m in report["modes"].values())
     return report
+
+
+def verify_reference(fixture: str, /, *, dtype: Literal["float32", "float64"] = "float32",
+                     against: Literal["auto", "f32", "f64"] = "auto", modes: list[str] | None = None,
+                     verbose: bool = False) -> int:
+    """Check the model against numbers from the authors' JAX implementation; prints one JSON report.
+
+    Exits 0 when every check passes, 1 otherwise.
+
+    Args:
+        fixture: the fixture's .npz file (its .json must sit beside it).
+        dtype: precision of our computation.
+        against: reference arrays: f64.* for float64, the float32 ones otherwise (auto).
+        modes: a subset of the fixture's modes (default: all).
+        verbose: include every check in the report, not only the failed ones.
+    """
+    report = verify(fixture, dtype, against, modes)
+    if not verbose:
+        for mode in report["modes"].values():
+            mode["checks"] = {k: v for k, v in mode["checks"].items() if not v["passed"]}
+    print(json.dumps(report, indent=2))
+    return 0 if report["passed"] else 1

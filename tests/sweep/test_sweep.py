@@ -189,5 +189,6 @@ def test_a_failing_point_stops_the_sweep_and_names_its_log(tmp_path: Path) -> No
     failed = run_sweep(_write(tmp_path, raw), tmp_path / "out")
     log = tmp_path / "out" / "runs" / "e2e" / "pretrain-00024" / "fit.log"
     assert failed.returncode == 1
-    assert f"sweep point e2e/pretrain-00024 failed (exit 1); its output is in {log}" in failed.stderr
-    assert "mini_batch" in log.read_text() and not (log.parent / "fit.done.json").exists()
+    assert f"sweep point e2e/pretrain-00024 failed (exit 2); its output is in {log}" in failed.stderr
+    assert "ttt fit: error: data.seq_len=24 must be a multiple of the mini-batch size b=16" in log.read_text()
+    assert not (log.parent / "fit.done.json").exists()
