@@ -16,13 +16,15 @@ Sizes come from the paper's Table 3 and the authors' configs (``reference/paper.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 Method = Literal["fa", "swa", "e2e"]
 METHODS: tuple[str, ...] = ("fa", "swa", "e2e")
-ATTENTION_KERNELS: tuple[str, ...] = ("auto", "sdpa", "flash_attn", "explicit")
+AttentionKernel = Literal["auto", "sdpa", "flash_attn", "explicit"]
+ATTENTION_KERNELS: tuple[str, ...] = typing.get_args(AttentionKernel)
 
 # Llama-3 tokenizer ids used by every paper size.
 _LLAMA3 = dict(vocab_size=128256, bos_id=128000, eos_id=128001)
@@ -50,7 +52,36 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class ModelConfig:
-    """Architecture, method and inner-loop settings of one model. Validated on construction."""
+    """Architecture, method and inner-loop settings of one model. Validated on construction.
+
+    The recipe's ``model.config`` sets any of these fields (except ``method`` and ``name``); the
+    rest come from ``model.preset`` and, for the vocabulary, from ``data.tokenizer``.
+
+    Attributes:
+        method: fa (full attention), swa (sliding window) or e2e (sliding window + test-time training).
+        vocab_size: Vocabulary size; at least the tokenizer's (a larger value pads the embedding).
+        d_model: Model width.
+        n_layers: Number of Transformer blocks.
+        n_heads: Attention heads; the head dimension d_model / n_heads must be even.
+        mlp_hidden: Hidden width of every SwiGLU MLP (e2e presets use a smaller one to match parameter counts).
+        suffix_len: Number of last blocks with a prime (fast-weight) MLP; 0 for fa and swa.
+        window: Sliding-window size k in tokens (fa has no window and ignores it).
+        mini_batch: TTT mini-batch b: tokens per inner SGD step and per loss chunk.
+        rope_theta: RoPE base theta.
+        norm_eps: RMSNorm epsilon.
+        bos_id: Beginning-of-document token id; targets equal to it are not scored.
+        eos_id: End-of-document token id.
+        init_std: Standard deviation of the normal initialisation of the embedding and every linear weight.
+        inner_lr: Inner SGD learning rate (after the warm-up).
+        inner_clip: Global-norm clip of each inner gradient (all prime MLPs together).
+        ilr_init: Inner learning rate at the first outer step of the warm-up.
+        ilr_warmup_steps: Outer steps over which the inner learning rate rises from ilr_init to inner_lr (0: none).
+        meta_learning: Differentiate through the inner steps in training (false: the TTT-naive ablation).
+        attention_kernel: auto, sdpa, flash_attn or explicit; only changes how attention is computed.
+        checkpoint_chunks: Recompute each inner-loop mini-batch in the backward pass (less memory, more time).
+        checkpoint_blocks: Recompute each whole-sequence block in the backward pass (less memory, more time).
+        name: Label used in logs and reports.
+    """
 
     method: Method = "e2e"
     vocab_size: int = 258
@@ -73,9 +104,9 @@ class ModelConfig:
     ilr_warmup_steps: int = 0
     meta_learning: bool = True
     # Execution policies (do not change the function computed).
-    attention_kernel: str = "auto"
-    checkpoint_chunks: bool = False  # recompute each inner-loop mini-batch in the backward pass
-    checkpoint_blocks: bool = False  # recompute each whole-sequence block (prefix, fa, swa) in the backward pass
+    attention_kernel: AttentionKernel = "auto"
+    checkpoint_chunks: bool = False
+    checkpoint_blocks: bool = False
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -116,6 +147,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def attention_window(self) -> int | None:
+        """Keys each query sees: ``window``, or None (the whole causal prefix) for full attention."""
+        return None if self.method == "fa" else self.window
 
     @property
     def has_prime(self) -> bool:
@@ -195,3 +231,49 @@ class ModelConfig:
                 raise ValueError(f"model.config.{name}={merged[name]} contradicts the tokenizer's {name}={value} "
                                  "(data.tokenizer); remove it from model.config")
         return cls.from_preset(preset, method, **merged)
+
+
+# ---------------------------------------------------------------------- the recipe's `model.config`
+TOKENIZER_FIELDS = ("vocab_size", "bos_id", "eos_id")  # follow data.tokenizer unless set
+NOT_SETTINGS = ("method", "name")  # model.method chooses the method; the name is derived
+
+
+def _settings_class() -> type:
+    """``ModelSettings``: every ``ModelConfig`` field but ``method`` and ``name``, optional (None: the
+    preset's value, or the tokenizer's), with the same one-line help. Derived, so new fields appear
+    in ``ttt fit --help`` and ``--print_config`` without a second list to keep in sync."""
+    from docstring_parser import parse
+
+    hints = typing.get_type_hints(ModelConfig)
+    debug = ModelConfig.from_preset("debug", "e2e")
+    helps = {p.arg_name: " ".join((p.description or "").split()) for p in parse(ModelConfig.__doc__ or "").params}
+    names = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in NOT_SETTINGS]
+    lines = []
+    for name in names:
+        default = "the tokenizer's" if name in TOKENIZER_FIELDS else f"the preset's (debug e2e: {getattr(debug, name)})"
+        lines.append(f"        {name}: {helps.get(name, '')} Default: {default}.")
+    cls = dataclasses.make_dataclass("ModelSettings", [(n, Optional[hints[n]], dataclasses.field(default=None))
+                                                        for n in names])
+    cls.__module__ = __name__
+    cls.__doc__ = ("Settings of ``ModelConfig`` that a recipe may set (``model.config``); unset ones (null) "
+                   "come from the preset.\n\n    Attributes:\n" + "\n".join(lines) + "\n")
+    return cls
+
+
+ModelSettings = _settings_class()
+
+
+def settings_dict(settings: Any) -> dict[str, Any]:
+    """The fields a ``ModelSettings`` (or a plain mapping of them) sets: a plain dict without None values."""
+    if settings is None:
+        return {}
+    items = dataclasses.asdict(settings).items() if dataclasses.is_dataclass(settings) else dict(settings).items()
+    return {k: v for k, v in items if v is not None}
+
+
+def resolved_settings(preset: str, method: str, settings: Any) -> dict[str, Any]:
+    """Every ``model.config`` field with the value the model will use (tokenizer fields stay as given)."""
+    given = settings_dict(settings)
+    cfg = ModelConfig.from_settings(preset, method, given)
+    return {f.name: given.get(f.name) if f.name in TOKENIZER_FIELDS else getattr(cfg, f.name)
+            for f in dataclasses.fields(ModelSettings)}

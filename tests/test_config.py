@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
 
-from lightning_ttt.config import METHODS, PRESETS, ModelConfig
+import pytest
+from docstring_parser import parse
+
+from lightning_ttt.config import METHODS, PRESETS, ModelConfig, ModelSettings, resolved_settings, settings_dict
 
 # reference/paper.md §1.3: MLP width FA, MLP width E2E, suffix_len (TTT blocks)
 PAPER_TABLE = {
@@ -119,3 +122,23 @@ def test_preset_overrides_and_replace():
     with pytest.raises(ValueError, match=r"window k=16"):
         cfg.replace(window=16)
     assert ModelConfig(**{k: v for k, v in cfg.to_dict().items()}) == cfg
+
+
+def test_every_field_has_a_one_line_help_and_a_setting() -> None:
+    """The recipe's model.config is derived from ModelConfig: a new field needs only a line of help."""
+    helps = {p.arg_name: p.description for p in parse(ModelConfig.__doc__).params}
+    fields = [f.name for f in dataclasses.fields(ModelConfig)]
+    assert [name for name in fields if not helps.get(name)] == [], "add the field to ModelConfig's Attributes"
+    assert [f.name for f in dataclasses.fields(ModelSettings)] == [n for n in fields if n not in ("method", "name")]
+    assert all(f.default is None for f in dataclasses.fields(ModelSettings))
+
+
+def test_settings_resolve_to_the_preset_values() -> None:
+    given = ModelSettings(window=256, bos_id=None)
+    assert settings_dict(given) == {"window": 256} and settings_dict({"window": 256, "d_model": None}) == {"window": 256}
+    resolved = resolved_settings("125m", "fa", given)
+    cfg = ModelConfig.from_preset("125m", "fa", window=256)
+    assert resolved["window"] == 256 and resolved["d_model"] == cfg.d_model == 768 and resolved["suffix_len"] == 0
+    assert resolved["vocab_size"] is None and resolved["inner_lr"] == cfg.inner_lr
+    with pytest.raises(ValueError, match="window k=16 must be >= mini_batch b=32"):
+        resolved_settings("debug", "e2e", {"window": 16})

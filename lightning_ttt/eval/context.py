@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lightning_ttt.data.datamodule import LongContextDataModule
-from lightning_ttt.infer.loading import read_checkpoint
+from lightning_ttt.infer.loading import config_from_hparams, read_checkpoint
 from lightning_ttt.io import atomic_write_json, atomic_write_text, save_figure
 from lightning_ttt.lit.module import module_from_checkpoint
 from lightning_ttt.lit.trainer import TTTTrainer
@@ -88,9 +88,9 @@ def evaluate_context(ckpt_path: str | Path, lengths: list[int], out_dir: str | P
                               trainer_kwargs=trainer_kwargs or {}, report_stem=out / f"nll_by_position-{length:06d}")
         curves[f"T={length}"] = row.pop("curve")
         rows.append(row)
-    model = hp.get("config") or {}
+    cfg = config_from_hparams(hp, str(ckpt_path))
     result = {"checkpoint": str(ckpt_path), "method": hp["method"], "preset": hp["preset"],
-              "trained_seq_len": hp.get("seq_len"), "window": model.get("window"), "mini_batch": model.get("mini_batch"),
+              "trained_seq_len": hp.get("seq_len"), "window": cfg.attention_window, "mini_batch": cfg.mini_batch,
               "rows": rows}
     _write_outputs(result, curves, out)
     return result

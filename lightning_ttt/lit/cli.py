@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
+from lightning_ttt.config import resolved_settings
 from lightning_ttt.data.datamodule import LongContextDataModule
 from lightning_ttt.lit.module import TTTLanguageModel
 from lightning_ttt.lit.trainer import TTTTrainer
@@ -24,6 +26,23 @@ def explain(err: ArgumentError) -> str:
         return message.splitlines()[0]
     detail = re.sub(r"Expected an? <class '(\w+)'>", r"expected \1", key.group(2).splitlines()[0].strip())
     return f"--{key.group(1)}: {detail}"
+
+
+class TTTArgumentParser(LightningArgumentParser):
+    """Writes ``model.config`` with the values the run uses: ``--print_config`` and the run's saved
+    ``config.yaml`` show every model setting, the preset's where the recipe sets none (the tokenizer's
+    ``vocab_size``, ``bos_id`` and ``eos_id`` stay null unless set: they follow ``data.tokenizer``)."""
+
+    def dump(self, cfg: Namespace, *args: Any, **kwargs: Any) -> str:
+        if isinstance(cfg, Namespace) and cfg.get("model.preset") is not None and "model.config" in cfg:
+            cfg = cfg.clone()
+            settings = cfg["model.config"]
+            given = vars(settings) if isinstance(settings, Namespace) else settings
+            try:
+                cfg["model.config"] = Namespace(**resolved_settings(cfg["model.preset"], cfg["model.method"], given))
+            except ValueError:  # invalid settings: written as given; building the model reports the problem
+                pass
+        return super().dump(cfg, *args, **kwargs)
 
 
 class TTTLightningCLI(LightningCLI):
@@ -63,6 +82,7 @@ class TTTLightningCLI(LightningCLI):
 
 def cli_main(args: ArgsType = None, run: bool = True) -> TTTLightningCLI:
     return TTTLightningCLI(
-        TTTLanguageModel, LongContextDataModule, trainer_class=TTTTrainer, args=args, run=run,
+        TTTLanguageModel, LongContextDataModule, trainer_class=TTTTrainer, parser_class=TTTArgumentParser, args=args,
+        run=run,
         save_config_kwargs={"overwrite": True}, parser_kwargs={"default_env": False, "exit_on_error": False},
     )

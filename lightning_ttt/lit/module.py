@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from lightning_ttt.config import ModelConfig
+from lightning_ttt.config import Method, ModelConfig, ModelSettings, settings_dict
 from lightning_ttt.infer.loading import model_state
 from lightning_ttt.metrics import (PositionCurve, PositionNLL, plot_nll_by_position, position_report,
                                    write_position_report)
@@ -30,28 +30,31 @@ class TTTLanguageModel(L.LightningModule):
     """Language model trained as full attention, sliding window, or TTT-E2E.
 
     Args:
-        preset: architecture preset (``debug``, ``125m``, ``350m``, ``760m``, ``1b``, ``3b``).
-        method: ``fa``, ``swa`` or ``e2e``.
-        config: overrides of single ``ModelConfig`` fields (e.g. ``window``, ``mini_batch``,
-            ``meta_learning``, ``inner_lr``, ``ilr_init``, ``ilr_warmup_steps``, ``checkpoint_chunks``).
-        seq_len: training sequence length (linked from ``data.seq_len`` by the CLI).
-        lr: peak outer learning rate; ``end_lr`` is reached at the last step by cosine decay.
-        warmup_fraction: share of ``trainer.max_steps`` spent in linear warm-up from 0.
-        weight_decay, betas, eps: AdamW settings (the paper's: 0.1, (0.9, 0.95), 1e-8).
-        eval_ttt: run test-time training in validation/test for e2e models.
-        vocab_size, bos_id, eos_id: the tokenizer's (linked from ``data`` by the CLI); they replace
-            the preset's. ``config.vocab_size`` may still pad the vocabulary above ``vocab_size``.
-        init_from: a Lightning checkpoint whose weights (only) initialise the model when ``fit``
-            starts (extension fine-tuning); keys and shapes must match exactly.
-        position_buckets: fixed-width position buckets of the per-position NLL report (the
-            log-spaced ones start at ``mini_batch`` and double).
+        preset: Architecture preset: debug, 125m, 350m, 760m, 1b or 3b.
+        method: fa (full attention), swa (sliding window) or e2e (test-time training).
+        config: Model settings that replace the preset's (window, mini_batch, inner_lr, ...; see ModelConfig).
+        seq_len: Training sequence length (linked from data.seq_len by the CLI).
+        lr: Peak outer learning rate; end_lr is reached at the last step by cosine decay.
+        end_lr: Outer learning rate at the last step.
+        warmup_fraction: Share of trainer.max_steps spent in linear warm-up from 0.
+        weight_decay: AdamW weight decay (the paper's: 0.1).
+        betas: AdamW betas (the paper's: 0.9, 0.95).
+        eps: AdamW epsilon.
+        eval_ttt: Run test-time training in validation and test for e2e models.
+        vocab_size: The tokenizer's vocabulary (linked from data by the CLI); config.vocab_size may pad it.
+        bos_id: The tokenizer's BOS id (linked from data by the CLI).
+        eos_id: The tokenizer's EOS id (linked from data by the CLI).
+        init_from: A Lightning checkpoint whose weights (only) initialise the model when fit starts
+            (extension fine-tuning); keys and shapes must match exactly.
+        position_buckets: Fixed-width position buckets of the per-position NLL report (the log-spaced
+            ones start at mini_batch and double).
     """
 
     def __init__(
         self,
         preset: str = "debug",
-        method: str = "e2e",
-        config: dict[str, Any] | None = None,
+        method: Method = "e2e",
+        config: ModelSettings = ModelSettings(),  # noqa: B008 - never modified
         seq_len: int = 256,
         lr: float = 3e-3,
         end_lr: float = 1e-5,
@@ -66,6 +69,7 @@ class TTTLanguageModel(L.LightningModule):
         init_from: str | None = None,
         position_buckets: int = 16,
     ) -> None:
+        config = settings_dict(config)  # hyper-parameters hold a plain dict: checkpoints load without pickles
         super().__init__()
         self.save_hyperparameters()
         self.cfg = ModelConfig.from_settings(preset, method, config, vocab_size=vocab_size, bos_id=bos_id, eos_id=eos_id)

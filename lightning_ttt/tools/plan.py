@@ -46,7 +46,7 @@ def load_recipe(paths: list[str]) -> dict[str, Any]:
 
 def model_config(spec: dict[str, Any]) -> ModelConfig:
     model = spec.get("model") or {}
-    return ModelConfig.from_preset(model.get("preset", "debug"), model.get("method", "e2e"), **(model.get("config") or {}))
+    return ModelConfig.from_settings(model.get("preset", "debug"), model.get("method", "e2e"), model.get("config"))
 
 
 def counts(cfg: ModelConfig) -> dict[str, int]:

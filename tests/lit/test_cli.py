@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 import yaml
 
 from lightning_ttt.cli import main
+from lightning_ttt.config import ModelSettings
 from lightning_ttt.lit.cli import cli_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,12 +47,39 @@ def test_stacked_configs_merge(tmp_path: Path) -> None:
     assert cli.model.cfg.method == "e2e"  # kept from the first file
 
 
-def test_print_config(capsys) -> None:
+def _printed(capsys, *args: str) -> dict:
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(REPO / "recipes/debug/e2e.yaml"), "--print_config"])
+        main(["fit", *args, "--print_config"])
     assert exit_info.value.code == 0
-    printed = yaml.safe_load(capsys.readouterr().out)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_print_config_shows_the_model_settings_the_run_uses(capsys, tmp_path: Path) -> None:
+    printed = _printed(capsys, "--config", str(REPO / "recipes/debug/e2e.yaml"), "--model.config.window", "256")
     assert printed["model"]["method"] == "e2e" and printed["data"]["seq_len"] == 512
+    config = printed["model"]["config"]
+    assert {f.name for f in dataclasses.fields(ModelSettings)} == set(config)  # every setting, none hidden
+    assert (config["window"], config["mini_batch"], config["inner_lr"]) == (256, 32, 1.0)  # given, preset, preset
+    assert (config["ilr_init"], config["ilr_warmup_steps"], config["suffix_len"]) == (0.1, 15, 1)  # the recipe's
+    assert config["vocab_size"] is None  # follows data.tokenizer
+    # the printed config reproduces the run's model
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(yaml.safe_dump({k: printed[k] for k in ("seed_everything", "trainer", "model", "data")}))
+    again = cli_main(["--config", str(saved)], run=False).model.cfg
+    direct = cli_main(["--config", str(REPO / "recipes/debug/e2e.yaml"), "--model.config.window=256"], run=False)
+    assert again == direct.model.cfg and again.window == 256
+    fa = _printed(capsys, "--config", str(REPO / "recipes/paper/pretrain-125m-fa.yaml"), "--data.tokenizer=bytes")
+    assert (fa["model"]["config"]["window"], fa["model"]["config"]["suffix_len"]) == (8192, 0)
+
+
+def test_fit_help_documents_every_model_setting(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for field in dataclasses.fields(ModelSettings):
+        assert f"--model.config.{field.name} " in out, field.name
+    assert "--model.config.window WINDOW Sliding-window size k in tokens" in out
+    assert "Default: the preset's (debug e2e: 128)" in out and "Default: the tokenizer's" in out
 
 
 def test_bad_settings_fail_with_one_line_naming_the_setting() -> None:
