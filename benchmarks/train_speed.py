@@ -30,7 +30,7 @@ import torch
 from lightning_ttt.config import METHODS, ModelConfig
 from lightning_ttt.model.transformer import Transformer
 from lightning_ttt.ttt.objective import lm_loss
-from lightning_ttt.ttt.update import sgd_step
+from lightning_ttt.ttt.update import make_update
 
 DEFAULT_LENGTHS = (1024, 4096, 16384)
 LONG = 16384  # from this length on, the default step count is cut to keep the full table < ~5 min
@@ -60,7 +60,7 @@ def build(method: str, args: argparse.Namespace) -> tuple[ModelConfig, Transform
 def train_step(model: Transformer, cfg: ModelConfig, opt: torch.optim.Optimizer, batch: tuple, autocast) -> float:
     """One outer step; returns the loss. Synchronises CUDA so wall time covers the work."""
     ids, targets, mask = batch
-    update = partial(sgd_step, lr=cfg.inner_lr, clip=cfg.inner_clip)
+    update = make_update(cfg)
     opt.zero_grad(set_to_none=True)
     with autocast():
         out = lm_loss(model, ids, targets, mask, ttt=cfg.ttt_in_training, update=update, create_graph=True)

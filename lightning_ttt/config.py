@@ -130,7 +130,7 @@ class ModelConfig:
                        "for method e2e (the prefix needs at least one block)")
         elif self.suffix_len != 0:
             yield f"suffix_len={self.suffix_len} must be 0 for method {self.method} (no prime MLPs)"
-        if self.method != "fa" and self.window < self.mini_batch:
+        if self.attention_window is not None and self.window < self.mini_batch:
             yield f"window k={self.window} must be >= mini_batch b={self.mini_batch} (the paper requires k >= b)"
         for name in ("bos_id", "eos_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:

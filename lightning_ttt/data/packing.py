@@ -105,9 +105,15 @@ def make_packer(packing: str, seq_len: int, bos_id: int, eos_id: int, tail: str 
     raise ValueError(f"data.packing={packing!r} is unknown; expected one of {', '.join(PACKINGS)}")
 
 
+def target_mask(targets: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """Which targets the loss scores: all but BOS (a document boundary is not predictable). Training
+    batches and test-time training at inference use this same rule."""
+    return targets != bos_id
+
+
 def make_batch(windows: np.ndarray, valid: np.ndarray, bos_id: int) -> dict[str, torch.Tensor]:
     """Windows [B, T+1] and real-token counts [B] -> input_ids, targets, loss_mask, each [B, T]."""
     x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.int64))  # [B, T+1]
     targets = x[:, 1:].contiguous()  # [B, T], targets[:, j] = window token j + 1
     real = torch.arange(targets.shape[1]) < torch.from_numpy(np.asarray(valid, dtype=np.int64))[:, None] - 1  # [B, T]
-    return {"input_ids": x[:, :-1].contiguous(), "targets": targets, "loss_mask": (targets != bos_id) & real}
+    return {"input_ids": x[:, :-1].contiguous(), "targets": targets, "loss_mask": target_mask(targets, bos_id) & real}

@@ -291,7 +291,7 @@ def niah(*, ckpt: str | None = None, model_dir: str | None = None, lengths: Sequ
     loaded = load_any(ckpt, model_dir)
     model = loaded.model.to(device)
     cfg = model.cfg
-    window = window if window is not None else (None if cfg.method == "fa" else cfg.window)
+    window = window if window is not None else cfg.attention_window
     tokenizer = load_tokenizer(loaded.tokenizer)
     items = make_samples(tasks, lengths, depths, samples, seed, tokenizer, window, corpus)
     with torch.no_grad():

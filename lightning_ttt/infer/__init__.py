@@ -2,6 +2,6 @@
 
 from lightning_ttt.infer.generate import GenerationOutput, Generator
 from lightning_ttt.infer.sampling import SamplingConfig, sample
-from lightning_ttt.infer.session import InferenceSession, default_update
+from lightning_ttt.infer.session import InferenceSession
 
-__all__ = ["GenerationOutput", "Generator", "InferenceSession", "SamplingConfig", "default_update", "sample"]
+__all__ = ["GenerationOutput", "Generator", "InferenceSession", "SamplingConfig", "sample"]

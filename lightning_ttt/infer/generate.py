@@ -12,7 +12,7 @@ from torch import Tensor
 from lightning_ttt.infer.sampling import SamplingConfig, sample
 from lightning_ttt.infer.session import InferenceSession
 from lightning_ttt.model.transformer import Transformer
-from lightning_ttt.ttt.inner_loop import UpdateFn
+from lightning_ttt.ttt.update import UpdateFn
 
 
 @dataclass

@@ -15,10 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from lightning_ttt.config import ModelConfig
-from lightning_ttt.infer.session import default_update
 from lightning_ttt.model.transformer import Transformer
 from lightning_ttt.model.weights import load_strict
-from lightning_ttt.ttt.inner_loop import UpdateFn
+from lightning_ttt.ttt.update import UpdateFn, make_update
 
 FORMAT = "lightning_ttt.export/1"
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -69,7 +68,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     load_strict(model, model_state(ckpt), str(path))
     model.eval()
     tokenizer = (ckpt.get("datamodule_hyper_parameters") or {}).get("tokenizer", "bytes")
-    return LoadedModel(model, default_update(model), tokenizer if isinstance(tokenizer, str) else "bytes")
+    return LoadedModel(model, make_update(model.cfg), tokenizer if isinstance(tokenizer, str) else "bytes")
 
 
 def load_model_dir(path: str | Path, map_location: str = "cpu") -> LoadedModel:
@@ -85,7 +84,7 @@ def load_model_dir(path: str | Path, map_location: str = "cpu") -> LoadedModel:
     model = Transformer(cfg).to(next(iter(state.values())).dtype)
     load_strict(model, state, str(path))
     model.eval()
-    return LoadedModel(model, default_update(model), meta.get("tokenizer", "bytes"))
+    return LoadedModel(model, make_update(model.cfg), meta.get("tokenizer", "bytes"))
 
 
 def load_any(ckpt: str | None = None, model_dir: str | None = None) -> LoadedModel:

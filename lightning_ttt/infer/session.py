@@ -4,13 +4,14 @@ Every block runs chunk by chunk through ``Block.forward_chunk`` with its own KV 
 is constant in the context length for swa and e2e (caches of exactly ``window`` rows); fa gets a
 cache of ``capacity`` rows (whole-sequence causal attention).
 
-For e2e, the suffix blocks do first-order test-time training exactly as the evaluation inner loop
-(``lightning_ttt.ttt.run_inner_loop`` with ``create_graph=False``): mini-batch c covers positions
-[c·b, (c+1)·b); its loss needs the target of its last token, i.e. the token at (c+1)·b. So a
-mini-batch stays *pending* until that next token arrives (from the prompt or from decoding); then
-it is recomputed through the suffix from the caches saved at its start with the fast weights that
-were current, one clipped SGD step is taken, and the next token runs with the new fast weights.
-This gives the same logits as the evaluation forward on the concatenated sequence.
+For e2e, the suffix blocks take exactly the evaluation's first-order TTT steps: the same
+``lightning_ttt.ttt.chunk_step``, with the loss masked as in training (``target_mask``: BOS targets
+are not scored). Mini-batch c covers positions [c·b, (c+1)·b); its loss needs the target of its
+last token, i.e. the token at (c+1)·b. So a mini-batch stays *pending* until that next token
+arrives (from the prompt or from decoding); then it is recomputed through the suffix from the
+caches saved at its start with the fast weights that were current, one clipped SGD step is taken,
+and the next token runs with the new fast weights. This gives the same logits as the evaluation
+forward on the concatenated sequence.
 """
 
 from __future__ import annotations
@@ -18,16 +19,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_ttt.model.transformer import KVCache, Transformer, masked_mean, token_nll
-from lightning_ttt.ttt.inner_loop import UpdateFn, initial_fast_weights
-from lightning_ttt.ttt.update import effective_inner_lr, sgd_step
-
-
-def default_update(model: Transformer) -> UpdateFn:
-    """Evaluation-time inner step of a bare model: clipped SGD at the fully warmed-up inner lr."""
-    cfg = model.cfg
-    lr = effective_inner_lr(cfg.inner_lr, cfg.ilr_init, cfg.ilr_warmup_steps, None)
-    return lambda fast, grads: sgd_step(fast, grads, lr=lr, clip=cfg.inner_clip)
+from lightning_ttt.data.packing import target_mask
+from lightning_ttt.model.cache import empty_caches
+from lightning_ttt.model.transformer import Transformer
+from lightning_ttt.ttt.inner_loop import chunk_step, initial_fast_weights
+from lightning_ttt.ttt.update import UpdateFn, make_update
 
 
 class InferenceSession:
@@ -37,37 +33,37 @@ class InferenceSession:
         model: the Transformer (any dtype/device; its weights are not modified).
         batch: number of sequences B (all advance together, so prompts share one length).
         capacity: fa only — the most tokens the session will hold (prompt + generated).
-        update: the inner optimiser step (e.g. ``TTTLanguageModel.inner_update`` in eval mode);
-            defaults to ``default_update(model)``.
+        update: the inner optimiser step; defaults to ``make_update(model.cfg)`` (evaluation's).
     """
 
     def __init__(self, model: Transformer, batch: int, capacity: int | None = None,
                  update: UpdateFn | None = None) -> None:
         cfg = model.cfg
-        if cfg.method == "fa" and (capacity is None or capacity < 1):
+        self.window = cfg.attention_window
+        if self.window is None and (capacity is None or capacity < 1):
             raise ValueError("full attention needs capacity= (prompt length + new tokens) for its KV cache")
         self.model, self.cfg, self.batch = model, cfg, batch
-        self.rows = capacity if cfg.method == "fa" else cfg.window  # cache rows = attention window
-        self.kernel = "explicit" if cfg.attention_kernel == "explicit" else "sdpa"
-        self.update = update or default_update(model)
+        self.rows = capacity if self.window is None else self.window  # cache rows = attention span
+        self.kernel = model.chunk_kernel()
+        self.update = update or make_update(cfg)
         weight = model.embed.weight
         self.dtype, self.device = weight.dtype, weight.device
         self.pos = 0  # tokens read so far
-        self.prefix_caches = self._caches(cfg.prefix_len)
+        self.prefix_caches = empty_caches(cfg, cfg.prefix_len, batch, self.rows, self.dtype, self.device)
         self.ttt = cfg.method == "e2e"
+        self.grad_norms: list[Tensor] = []  # [B] per TTT step taken, before clipping
         if self.ttt:
             self.fast = initial_fast_weights(model, batch, differentiable=False)  # {[B, out, in]}
-            self.anchor_caches = self._caches(cfg.suffix_len)  # suffix caches at the pending mini-batch start
-            self.live_caches = list(self.anchor_caches)  # suffix caches after the last token read
+            # suffix caches at the start of the pending mini-batch, and after the last token read
+            self.anchor_caches = empty_caches(cfg, cfg.suffix_len, batch, self.rows, self.dtype, self.device)
+            self.live_caches = list(self.anchor_caches)
             self.anchor = 0  # start of the pending mini-batch
             self.pending_h: list[Tensor] = []  # prefix outputs of pending tokens, [B, n, D] each
             self.pending_ids: list[Tensor] = []  # their ids, [B, n] each
-        self.num_updates = 0
 
-    def _caches(self, n: int) -> list[KVCache]:
-        shape = (self.batch, self.cfg.n_heads, self.rows, self.cfg.head_dim)
-        zeros = lambda: torch.zeros(shape, dtype=self.dtype, device=self.device)
-        return [KVCache(zeros(), zeros()) for _ in range(n)]
+    @property
+    def num_updates(self) -> int:
+        return len(self.grad_norms)
 
     @property
     def pending(self) -> int:
@@ -80,28 +76,20 @@ class InferenceSession:
         """Embedding + blocks without fast weights on one piece [B, n] -> [B, n, D], advancing their caches."""
         h = self.model.embed(ids)
         for i, block in enumerate(self.model.blocks[: self.cfg.prefix_len]):
-            h, self.prefix_caches[i] = block.forward_chunk(h, self.prefix_caches[i], self.pos, self.rows,
+            h, self.prefix_caches[i] = block.forward_chunk(h, self.prefix_caches[i], self.pos, self.window,
                                                            self.kernel, None)
         return h
 
     def _ttt_step(self, h: Tensor, targets: Tensor, start: int) -> Tensor:
-        """Suffix over a full mini-batch h [B, b, D] from the anchor caches with Φ_c, then Φ_c -> Φ_{c+1}.
-
-        Mirrors one chunk of the evaluation inner loop; returns the mini-batch's logits [B, b, V].
-        """
-        with torch.enable_grad():
-            out, caches = self.model.suffix_chunk(h, self.fast, self.anchor_caches, start, create_graph=False)
-            logits = self.model.logits(out)  # [B, b, V]
-            loss = masked_mean(token_nll(logits, targets), torch.ones_like(targets))  # [B]
-            names = list(self.fast)
-            grads = torch.autograd.grad(loss.sum(), [self.fast[n] for n in names])
-            new, _ = self.update(self.fast, dict(zip(names, grads)))
-        self.fast = {n: w.detach().requires_grad_(True) for n, w in new.items()}
-        self.anchor_caches = [KVCache(c.k.detach(), c.v.detach()) for c in caches]
+        """The evaluation's TTT step on a full mini-batch h [B, b, D] from the anchor caches with Φ_c;
+        returns the mini-batch's logits [B, b, V] (with Φ_c)."""
+        step = chunk_step(self.model, self.update, self.fast, self.anchor_caches, h, targets,
+                          target_mask(targets, self.cfg.bos_id), start, create_graph=False)
+        self.fast, self.anchor_caches = step.fast, step.caches
         self.live_caches = list(self.anchor_caches)
         self.anchor = start + h.shape[1]
-        self.num_updates += 1
-        return logits.detach()
+        self.grad_norms.append(step.grad_norm)
+        return step.logits
 
     def _flush(self, next_ids: Tensor) -> None:
         """The pending mini-batch is full and its last target ``next_ids`` [B, 1] is known: take the TTT step."""
@@ -115,7 +103,7 @@ class InferenceSession:
         unless ``keep_logits``). Pieces are at most b tokens, so prefill memory is O(b + window)."""
         if ids.dim() != 2 or ids.shape[0] != self.batch:
             raise ValueError(f"expected token ids of shape [{self.batch}, t], got {list(ids.shape)}")
-        if self.cfg.method == "fa" and self.pos + ids.shape[1] > self.rows:
+        if self.window is None and self.pos + ids.shape[1] > self.rows:
             raise ValueError(f"full attention cache holds {self.rows} tokens; {self.pos + ids.shape[1]} requested")
         ids = ids.to(self.device)
         b, total, i, kept = self.cfg.mini_batch, ids.shape[1], 0, []
@@ -140,3 +128,4 @@ class InferenceSession:
             i += n
             kept.append(logits if keep_logits else logits[:, -1:])
         return torch.cat(kept, dim=1) if keep_logits else kept[-1]
+

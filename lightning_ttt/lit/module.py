@@ -20,10 +20,10 @@ from lightning_ttt.config import Method, ModelConfig, ModelSettings, settings_di
 from lightning_ttt.infer.loading import model_state
 from lightning_ttt.metrics import (PositionCurve, PositionNLL, plot_nll_by_position, position_report,
                                    write_position_report)
-from lightning_ttt.model.transformer import Transformer
+from lightning_ttt.model.transformer import FastWeights, Transformer
 from lightning_ttt.model.weights import load_strict, state_mismatch
 from lightning_ttt.ttt.objective import LMOutput, lm_loss
-from lightning_ttt.ttt.update import FastWeights, effective_inner_lr, sgd_step
+from lightning_ttt.ttt.update import effective_inner_lr, make_update
 
 
 class TTTLanguageModel(L.LightningModule):
@@ -105,15 +105,18 @@ class TTTLanguageModel(L.LightningModule):
                                  "tokenizer")
 
     # ------------------------------------------------------------------ inner loop hook
+    def _outer_step(self) -> int | None:
+        """The outer step the inner lr warms up over in training; None (fully warm) in evaluation."""
+        return self.global_step if self.training else None
+
     def inner_lr(self) -> float:
         """Effective inner lr: warmed up over outer steps in training, fully warm in evaluation."""
-        step = self.global_step if self.training else None
         cfg = self.cfg
-        return effective_inner_lr(cfg.inner_lr, cfg.ilr_init, cfg.ilr_warmup_steps, step)
+        return effective_inner_lr(cfg.inner_lr, cfg.ilr_init, cfg.ilr_warmup_steps, self._outer_step())
 
     def inner_update(self, fast: FastWeights, grads: FastWeights) -> tuple[FastWeights, Tensor]:
         """One inner optimiser step on the fast weights (override to try another inner optimiser)."""
-        return sgd_step(fast, grads, lr=self.inner_lr(), clip=self.cfg.inner_clip)
+        return make_update(self.cfg, self._outer_step())(fast, grads)
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, Tensor], *, ttt: bool, create_graph: bool) -> LMOutput:
@@ -201,9 +204,8 @@ class TTTLanguageModel(L.LightningModule):
             return
         label = self.cfg.name + (" (TTT)" if self.cfg.method == "e2e" and self.hparams.eval_ttt else "")
         mini_batch = self.cfg.mini_batch if self.cfg.method == "e2e" else None
-        window = self.cfg.window if self.cfg.method != "fa" else None
         fig = plot_nll_by_position({label: curve}, title=f"{tag} at step {self.global_step}", mini_batch=mini_batch,
-                                   window=window)
+                                   window=self.cfg.attention_window)
         experiment.add_figure(tag, fig, global_step=self.global_step, close=True)
 
     # ------------------------------------------------------------------ optimisation

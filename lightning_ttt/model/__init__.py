@@ -1,5 +1,6 @@
 """Plain torch.nn model code: layers, attention kernels, the Transformer."""
 
-from lightning_ttt.model.transformer import Block, KVCache, Transformer, chunk_losses, masked_mean, token_nll
+from lightning_ttt.model.cache import KVCache, empty_caches
+from lightning_ttt.model.transformer import Block, FastWeights, Transformer, chunk_losses, masked_mean, token_nll
 
-__all__ = ["Block", "KVCache", "Transformer", "chunk_losses", "masked_mean", "token_nll"]
+__all__ = ["Block", "FastWeights", "KVCache", "Transformer", "chunk_losses", "empty_caches", "masked_mean", "token_nll"]

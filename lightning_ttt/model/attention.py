@@ -35,6 +35,25 @@ def flash_attn_available() -> bool:
     return torch.cuda.is_available()
 
 
+def choose_kernel(requested: str, *, whole_sequence: bool, double_backward: bool = False,
+                  on_cuda: bool = False) -> str:
+    """The kernel for one attention call, from ``ModelConfig.attention_kernel`` and what the call needs.
+
+    ``explicit`` is always honoured; gradients of gradients need SDPA's math path; chunks attending
+    into a cache use SDPA with a mask; whole sequences use flash-attn when asked for (or, with
+    ``auto``, when installed on CUDA), else SDPA.
+    """
+    if requested == "explicit":
+        return "explicit"
+    if double_backward:
+        return "math"
+    if requested == "flash_attn" and not flash_attn_available():
+        raise ValueError("attention_kernel='flash_attn' needs the flash-attn package and a CUDA device")
+    if whole_sequence and requested in ("auto", "flash_attn") and on_cuda and flash_attn_available():
+        return "flash_attn"
+    return "sdpa"
+
+
 def window_mask(q_pos: Tensor, k_pos: Tensor, window: int | None) -> Tensor:
     """Bool mask [tq, tk], True where query may attend: ``0 <= q - k < window`` and ``k >= 0``."""
     delta = q_pos[:, None] - k_pos[None, :]

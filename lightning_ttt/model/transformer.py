@@ -7,25 +7,17 @@ loop (``lightning_ttt.ttt``) runs these blocks chunk by chunk with a carried win
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lightning_ttt.config import ModelConfig
-from lightning_ttt.model.attention import attend, flash_attn_available, sequence_attention, window_mask
+from lightning_ttt.model.attention import attend, choose_kernel, sequence_attention, window_mask
+from lightning_ttt.model.cache import KVCache
 from lightning_ttt.model.layers import RMSNorm, SwiGLU, rope
 
 FastWeights = dict[str, Tensor]  # "blocks.{i}.prime.w{1,2,3}" -> [B, out, in] (or [out, in])
-
-
-class KVCache(NamedTuple):
-    """Last ``window`` keys (QK-normed, before RoPE) and values of one layer: [B, H, W, hd] each."""
-
-    k: Tensor
-    v: Tensor
 
 
 class Attention(nn.Module):
@@ -50,22 +42,23 @@ class Attention(nn.Module):
         pos = torch.arange(x.shape[1], device=x.device)
         return self._merge(sequence_attention(rope(q, pos, self.theta), rope(k, pos, self.theta), v, window, kernel))
 
-    def forward_chunk(self, x: Tensor, cache: KVCache, start: int, window: int, kernel: str) -> tuple[Tensor, KVCache]:
+    def forward_chunk(self, x: Tensor, cache: KVCache, start: int, window: int | None,
+                      kernel: str) -> tuple[Tensor, KVCache]:
         """One chunk of C tokens starting at absolute position ``start``, attending into the cache.
 
         Keys are ``[cache ; chunk]`` (W + C rows) with local RoPE positions 0..W+C-1 and the
         queries at W..W+C-1; cache slots before position 0 are masked. Returns the new cache.
         """
         q, k_new, v_new = self._heads(x)
-        chunk, cached = x.shape[1], cache.k.shape[2]
-        k, v = torch.cat([cache.k, k_new], dim=2), torch.cat([cache.v, v_new], dim=2)  # [B, H, W+C, hd]
+        chunk, cached = x.shape[1], cache.rows
+        k, v, cache = cache.extend(k_new, v_new)  # [B, H, W+C, hd] each
         local = torch.arange(cached + chunk, device=x.device)
         # drop cache slots before position 0 (masked for every query): same output, less work
         lo = max(0, cached - start)
         mask = window_mask(local[cached:] + start - cached, local[lo:] + start - cached, window)  # [C, W+C-lo]
         keys = rope(k[:, :, lo:], local[lo:], self.theta)  # [B, H, W+C-lo, hd]
         out = attend(rope(q, local[cached:], self.theta), keys, v[:, :, lo:], mask, kernel)
-        return self._merge(out), KVCache(k[:, :, -cached:], v[:, :, -cached:])
+        return self._merge(out), cache
 
 
 class Block(nn.Module):
@@ -89,7 +82,7 @@ class Block(nn.Module):
         x = x + self.seq_post_norm(self.attn(self.seq_norm(x), window, kernel))
         return self._mlps(x, None)
 
-    def forward_chunk(self, x: Tensor, cache: KVCache, start: int, window: int, kernel: str,
+    def forward_chunk(self, x: Tensor, cache: KVCache, start: int, window: int | None, kernel: str,
                       prime_weights: dict[str, Tensor] | None) -> tuple[Tensor, KVCache]:
         attn_out, cache = self.attn.forward_chunk(self.seq_norm(x), cache, start, window, kernel)
         return self._mlps(x + self.seq_post_norm(attn_out), prime_weights), cache
@@ -117,26 +110,13 @@ class Transformer(nn.Module):
                 nn.init.ones_(module.weight)
 
     # ------------------------------------------------------------------ kernels
-    @property
-    def window(self) -> int | None:
-        return None if self.cfg.method == "fa" else self.cfg.window
-
     def sequence_kernel(self) -> str:
         """Kernel for whole-sequence attention (first-order gradients only)."""
-        choice = self.cfg.attention_kernel
-        if choice == "flash_attn" and not flash_attn_available():
-            raise RuntimeError("attention_kernel='flash_attn' needs the flash-attn package and a CUDA device")
-        if choice == "auto":
-            on_gpu = self.embed.weight.is_cuda
-            return "flash_attn" if on_gpu and flash_attn_available() else "sdpa"
-        return choice
+        return choose_kernel(self.cfg.attention_kernel, whole_sequence=True, on_cuda=self.embed.weight.is_cuda)
 
-    def suffix_kernel(self, suffix_index: int, create_graph: bool) -> str:
-        """Suffix block ``suffix_index`` needs a double-backward-safe kernel when the inner gradient
-        of an earlier prime MLP flows back through its attention (every suffix block but the first)."""
-        if self.cfg.attention_kernel == "explicit":
-            return "explicit"
-        return "math" if create_graph and suffix_index > 0 else "sdpa"
+    def chunk_kernel(self, double_backward: bool = False) -> str:
+        """Kernel for a chunk attending into its cache; ``double_backward`` when gradients of gradients flow through it."""
+        return choose_kernel(self.cfg.attention_kernel, whole_sequence=False, double_backward=double_backward)
 
     # ------------------------------------------------------------------ forward paths
     def logits(self, h: Tensor) -> Tensor:
@@ -158,19 +138,14 @@ class Transformer(nn.Module):
         recompute = self.cfg.checkpoint_blocks and torch.is_grad_enabled()
         for block in blocks:
             if recompute:
-                h = checkpoint(block, h, self.window, kernel, use_reentrant=False)
+                h = checkpoint(block, h, self.cfg.attention_window, kernel, use_reentrant=False)
             else:
-                h = block(h, self.window, kernel)
+                h = block(h, self.cfg.attention_window, kernel)
         return h
 
     @property
     def suffix_blocks(self) -> list[Block]:
         return list(self.blocks[self.cfg.prefix_len:])
-
-    def empty_caches(self, batch: int, dtype: torch.dtype, device: torch.device) -> list[KVCache]:
-        shape = (batch, self.cfg.n_heads, self.cfg.window, self.cfg.head_dim)
-        return [KVCache(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-                for _ in self.suffix_blocks]
 
     def suffix_chunk(self, h: Tensor, fast: FastWeights, caches: list[KVCache], start: int,
                      create_graph: bool = False) -> tuple[Tensor, list[KVCache]]:
@@ -179,7 +154,9 @@ class Transformer(nn.Module):
         for s, (block, cache) in enumerate(zip(self.suffix_blocks, caches)):
             i = self.cfg.prefix_len + s
             weights = {name: fast[f"blocks.{i}.prime.{name}"] for name in ("w1", "w2", "w3")}
-            h, cache = block.forward_chunk(h, cache, start, self.cfg.window, self.suffix_kernel(s, create_graph), weights)
+            # the inner gradient of an earlier prime MLP flows back through this block's attention
+            kernel = self.chunk_kernel(double_backward=create_graph and s > 0)
+            h, cache = block.forward_chunk(h, cache, start, self.cfg.attention_window, kernel, weights)
             new_caches.append(cache)
         return h, new_caches
 

@@ -72,7 +72,7 @@ def plan(spec: dict[str, Any]) -> dict[str, Any]:
     strategy = str(trainer.get("strategy", "auto"))
     n = counts(cfg)
     d, h, L, V, T = cfg.d_model, cfg.mlp_hidden, cfg.n_layers, cfg.vocab_size, seq_len
-    w = T if cfg.method == "fa" else min(cfg.window, T)
+    w = min(cfg.attention_window or T, T)
     context = w * (1 - w / (2 * T))
     flops = 6 * n["total"] + 12 * L * d * context + (12 * n["suffix_and_head"] if cfg.ttt_in_training else 0)
     shard = world if "deepspeed" in strategy else 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import torch
 
 from lightning_ttt.config import ModelConfig
 from lightning_ttt.model.transformer import Transformer
-from lightning_ttt.ttt.update import effective_inner_lr, sgd_step
+from lightning_ttt.ttt.update import UpdateFn, effective_inner_lr, make_update
 
 # fixture model setting -> ModelConfig field
 _MODEL_FIELDS = {
@@ -40,11 +39,12 @@ class ReferenceMode:
     name: str
     config: ModelConfig
     meta: bool
+    outer_step: int  # the fixture's outer step, for the inner-lr warm-up
     inner_lr: float  # effective inner lr = lr × ilr multiplier at the fixture's outer step
     ilr_multiplier: float
 
-    def update_fn(self):
-        return partial(sgd_step, lr=self.inner_lr, clip=self.config.inner_clip)
+    def update_fn(self) -> UpdateFn:
+        return make_update(self.config, self.outer_step)
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:
@@ -78,8 +78,9 @@ def mode_from_settings(name: str, settings: dict[str, Any]) -> ReferenceMode:
     warmup, ilr_init = int(training.get("ilr_warmup_steps", 0)), float(training.get("ilr_init", lr))
     cfg = ModelConfig(method=method, inner_lr=lr, inner_clip=clip, ilr_init=ilr_init, ilr_warmup_steps=warmup,
                       meta_learning=train_mode == "meta", attention_kernel="explicit", name=name, **fields)
-    eff = effective_inner_lr(lr, ilr_init, warmup, int(settings.get("outer_step", 0)))
-    return ReferenceMode(name, cfg, meta=method == "e2e" and train_mode == "meta", inner_lr=eff,
+    step = int(settings.get("outer_step", 0))
+    eff = effective_inner_lr(lr, ilr_init, warmup, step)
+    return ReferenceMode(name, cfg, meta=method == "e2e" and train_mode == "meta", outer_step=step, inner_lr=eff,
                          ilr_multiplier=eff / lr)
 
 

@@ -6,21 +6,23 @@ the update); its gradient w.r.t. Φ_c, clipped, gives Φ_{c+1}. With ``create_gr
 whole loop stays differentiable, so the outer loss (mean of chunk losses) meta-learns Φ_0 and
 every other weight through the inner steps. With ``create_graph=False`` (evaluation and
 inference) each step is first order and nothing but the fast weights and caches is carried.
+
+``chunk_step`` is the one implementation of that step: training and evaluation call it through
+``run_inner_loop``, inference (``lightning_ttt.infer.session``) calls it directly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from lightning_ttt.model.transformer import FastWeights, KVCache, Transformer, masked_mean, token_nll
-
-# (fast weights, their gradients) -> (new fast weights, pre-clipping gradient norm [B])
-UpdateFn = Callable[[FastWeights, FastWeights], tuple[FastWeights, Tensor]]
+from lightning_ttt.model.cache import KVCache, empty_caches
+from lightning_ttt.model.transformer import FastWeights, Transformer, masked_mean, token_nll
+from lightning_ttt.ttt.update import UpdateFn
 
 
 @dataclass
@@ -38,6 +40,15 @@ class InnerLoopOutput:
         return self.chunk_loss.mean()
 
 
+class ChunkStep(NamedTuple):
+    loss: Tensor  # [B] masked mean NLL of the chunk with Φ_c
+    token_nll: Tensor  # [B, C] unmasked
+    grad_norm: Tensor  # [B] inner gradient norm before clipping
+    logits: Tensor  # [B, C, V] with Φ_c
+    fast: FastWeights  # Φ_{c+1}
+    caches: list[KVCache]  # suffix caches after the chunk
+
+
 def initial_fast_weights(model: Transformer, batch: int, differentiable: bool) -> FastWeights:
     """Φ_0 for each sequence, [B, out, in]: views of the outer weights (kept in the graph when
     ``differentiable``, else detached leaves that only collect inner gradients)."""
@@ -50,17 +61,27 @@ def initial_fast_weights(model: Transformer, batch: int, differentiable: bool) -
     return fast
 
 
-def _chunk_step(model: Transformer, update: UpdateFn, create_graph: bool, start: int, h: Tensor,
-                targets: Tensor, mask: Tensor, fast: FastWeights, caches: list[KVCache]):
-    """Loss of one chunk with Φ_c, then the update to Φ_{c+1}. Pure: returns everything it changes."""
-    out, caches = model.suffix_chunk(h, fast, caches, start, create_graph)
-    logits = model.logits(out)  # [B, C, V]
-    nll = token_nll(logits, targets)  # [B, C]
-    loss = masked_mean(nll, mask)  # [B]
-    names = list(fast)
-    grads = torch.autograd.grad(loss.sum(), [fast[n] for n in names], create_graph=create_graph)
-    new_fast, norm = update(fast, dict(zip(names, grads)))
-    return loss, nll, norm, logits, new_fast, caches
+def chunk_step(model: Transformer, update: UpdateFn, fast: FastWeights, caches: list[KVCache], h: Tensor,
+               targets: Tensor, mask: Tensor, start: int, create_graph: bool) -> ChunkStep:
+    """One inner step on the chunk starting at absolute position ``start``: the suffix blocks on its prefix
+    output h [B, C, D] with Φ_c and the caches, its loss masked by ``mask`` [B, C] (as in training), the
+    gradient w.r.t. Φ_c, then ``update`` (clip and SGD) to Φ_{c+1}.
+
+    Pure: returns everything it changes. With ``create_graph=False`` the results are detached (the new
+    fast weights are fresh leaves), so nothing but values is carried to the next chunk.
+    """
+    with torch.enable_grad():  # evaluation may run under no_grad: the inner gradient is still taken
+        out, caches = model.suffix_chunk(h, fast, caches, start, create_graph)
+        logits = model.logits(out)  # [B, C, V]
+        nll = token_nll(logits, targets)  # [B, C]
+        loss = masked_mean(nll, mask)  # [B]
+        names = list(fast)
+        grads = torch.autograd.grad(loss.sum(), [fast[n] for n in names], create_graph=create_graph)
+        new_fast, norm = update(fast, dict(zip(names, grads)))
+    if create_graph:
+        return ChunkStep(loss, nll, norm, logits, new_fast, caches)
+    return ChunkStep(loss.detach(), nll.detach(), norm.detach(), logits.detach(),
+                     {n: w.detach().requires_grad_(True) for n, w in new_fast.items()}, [c.detach() for c in caches])
 
 
 def run_inner_loop(model: Transformer, prefix_out: Tensor, targets: Tensor, loss_mask: Tensor, update: UpdateFn, *,
@@ -68,9 +89,10 @@ def run_inner_loop(model: Transformer, prefix_out: Tensor, targets: Tensor, loss
                    keep_logits: bool = False, keep_history: bool = False) -> InnerLoopOutput:
     """Run the suffix blocks chunk by chunk over ``prefix_out`` [B, T, D] with test-time training.
 
-    ``targets`` and ``loss_mask`` are [B, T]. ``update`` is the inner optimiser step (the
-    LightningModule's hook). ``checkpoint_chunks`` recomputes each chunk in the backward pass
-    (non-reentrant activation checkpointing), keeping only fast weights and caches per chunk.
+    ``targets`` and ``loss_mask`` are [B, T]. ``update`` is the inner optimiser step
+    (``lightning_ttt.ttt.make_update``, or the LightningModule's hook). ``checkpoint_chunks``
+    recomputes each chunk in the backward pass of meta-learning (non-reentrant activation
+    checkpointing), keeping only fast weights and caches per chunk.
     """
     cfg = model.cfg
     if torch.is_inference_mode_enabled():
@@ -83,29 +105,20 @@ def run_inner_loop(model: Transformer, prefix_out: Tensor, targets: Tensor, loss
     cfg.check_seq_len(seq_len)
     if fast is None:
         fast = initial_fast_weights(model, batch, differentiable=create_graph)
-    caches = model.empty_caches(batch, prefix_out.dtype, prefix_out.device)
-    losses, nlls, norms, logits_all, history = [], [], [], [], []
+    caches = empty_caches(cfg, cfg.suffix_len, batch, cfg.window, prefix_out.dtype, prefix_out.device)
+    recompute = checkpoint_chunks and create_graph
+    steps: list[ChunkStep] = []
+    history = []
     # split, not slicing: one backward node for all chunks instead of a zero-filled [B, T, D] per chunk
     pieces = zip(prefix_out.split(chunk, dim=1), targets.split(chunk, dim=1), loss_mask.split(chunk, dim=1))
     for start, (h, y, m) in zip(range(0, seq_len, chunk), pieces):  # h: [B, C, D]; y, m: [B, C]
-        args = (model, update, create_graph, start, h, y, m, fast, caches)
-        if checkpoint_chunks and create_graph:
-            loss, nll, norm, logits, fast, caches = checkpoint(_chunk_step, *args, use_reentrant=False)
-        else:
-            with torch.enable_grad():
-                loss, nll, norm, logits, fast, caches = _chunk_step(*args)
-        if not create_graph:  # first order: carry values only, never a graph across chunks
-            fast = {n: w.detach().requires_grad_(True) for n, w in fast.items()}
-            caches = [KVCache(c.k.detach(), c.v.detach()) for c in caches]
-            loss, nll, norm = loss.detach(), nll.detach(), norm.detach()
-            logits = logits.detach()
-        losses.append(loss)
-        nlls.append(nll)
-        norms.append(norm)
-        if keep_logits:
-            logits_all.append(logits)
+        args = (model, update, fast, caches, h, y, m, start, create_graph)
+        step = checkpoint(chunk_step, *args, use_reentrant=False) if recompute else chunk_step(*args)
+        fast, caches = step.fast, step.caches
+        steps.append(step._replace(logits=step.logits if keep_logits else None, fast={}, caches=[]))
         if keep_history:
             history.append(fast)
     return InnerLoopOutput(
-        chunk_loss=torch.stack(losses, dim=1), token_nll=torch.cat(nlls, dim=1), grad_norm=torch.stack(norms, dim=1),
-        fast=fast, logits=torch.cat(logits_all, dim=1) if keep_logits else None, history=history)
+        chunk_loss=torch.stack([s.loss for s in steps], dim=1), token_nll=torch.cat([s.token_nll for s in steps], dim=1),
+        grad_norm=torch.stack([s.grad_norm for s in steps], dim=1), fast=fast,
+        logits=torch.cat([s.logits for s in steps], dim=1) if keep_logits else None, history=history)

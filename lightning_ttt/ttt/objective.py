@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from lightning_ttt.model.transformer import Transformer, chunk_losses, token_nll
-from lightning_ttt.ttt.inner_loop import InnerLoopOutput, UpdateFn, run_inner_loop
+from lightning_ttt.ttt.inner_loop import InnerLoopOutput, run_inner_loop
+from lightning_ttt.ttt.update import UpdateFn
 
 
 @dataclass

@@ -6,10 +6,17 @@ sequence is clipped and updated on its own, exactly like a vmap over sequences.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 from torch import Tensor
 
-FastWeights = dict[str, Tensor]
+from lightning_ttt.config import ModelConfig
+from lightning_ttt.model.transformer import FastWeights
+
+# (fast weights, their gradients) -> (new fast weights, pre-clipping gradient norm [B])
+UpdateFn = Callable[[FastWeights, FastWeights], tuple[FastWeights, Tensor]]
 
 
 def global_norm(grads: FastWeights) -> Tensor:
@@ -44,3 +51,10 @@ def effective_inner_lr(lr: float, ilr_init: float, warmup_steps: int, step: int 
     if warmup_steps <= 0 or step is None:
         return lr
     return ilr_init + (lr - ilr_init) * min(1.0, (step + 1) / warmup_steps)
+
+
+def make_update(cfg: ModelConfig, outer_step: int | None = None) -> UpdateFn:
+    """The inner optimiser step of ``cfg``: clipped SGD at the inner lr of 0-based outer step
+    ``outer_step`` (None: evaluation and inference, fully warmed up)."""
+    lr = effective_inner_lr(cfg.inner_lr, cfg.ilr_init, cfg.ilr_warmup_steps, outer_step)
+    return partial(sgd_step, lr=lr, clip=cfg.inner_clip)

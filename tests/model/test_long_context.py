@@ -8,7 +8,7 @@ import torch
 from lightning_ttt.config import ModelConfig
 from lightning_ttt.model.transformer import Transformer
 from lightning_ttt.ttt.objective import lm_loss
-from lightning_ttt.ttt.update import sgd_step
+from lightning_ttt.ttt.update import make_update
 
 SEQ_LEN = 32768
 
@@ -21,9 +21,8 @@ def test_debug_model_evaluates_32k_tokens(method: str) -> None:
     model = Transformer(cfg).eval()
     ids = torch.randint(0, 256, (1, SEQ_LEN + 1))
     mask = torch.ones(1, SEQ_LEN, dtype=torch.bool)
-    update = lambda fast, grads: sgd_step(fast, grads, lr=cfg.inner_lr, clip=cfg.inner_clip)  # noqa: E731
     with torch.no_grad():
-        out = lm_loss(model, ids[:, :-1], ids[:, 1:], mask, ttt=method == "e2e", update=update)
+        out = lm_loss(model, ids[:, :-1], ids[:, 1:], mask, ttt=method == "e2e", update=make_update(cfg))
     assert out.token_nll.shape == (1, SEQ_LEN)
     assert torch.isfinite(out.token_nll).all()
     # A randomly initialised model is near-uniform over the 258 ids at every position.

@@ -8,7 +8,8 @@ import torch
 import lightning_ttt.model.attention as attention
 from lightning_ttt.config import ModelConfig
 from lightning_ttt.model.layers import rope
-from lightning_ttt.model.transformer import KVCache, Transformer
+from lightning_ttt.model.cache import empty_caches
+from lightning_ttt.model.transformer import Transformer
 from lightning_ttt.ttt.objective import lm_loss
 from lightning_ttt.ttt.update import global_norm
 from tiny_models import randomize_weights  # tests/tiny_models.py
@@ -45,9 +46,7 @@ def test_whole_sequence_equals_chunked_with_kv_caches(monkeypatch, kernel, metho
     with torch.no_grad():
         whole = model(ids)
         h = model.embed(ids)
-        caches = [KVCache(torch.zeros(2, cfg.n_heads, cfg.window, cfg.head_dim, dtype=h.dtype),
-                          torch.zeros(2, cfg.n_heads, cfg.window, cfg.head_dim, dtype=h.dtype))
-                  for _ in model.blocks]
+        caches = empty_caches(cfg, cfg.n_layers, 2, cfg.window, h.dtype, h.device)
         outs = []
         for start in range(0, ids.shape[1], cfg.mini_batch):
             x = h[:, start:start + cfg.mini_batch]

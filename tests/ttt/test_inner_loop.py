@@ -3,7 +3,6 @@ the clipped SGD step and the inner-lr warm-up."""
 
 from __future__ import annotations
 
-from functools import partial
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from torch.func import functional_call
 from lightning_ttt.config import ModelConfig
 from lightning_ttt.model.transformer import Transformer
 from lightning_ttt.ttt.objective import lm_loss
-from lightning_ttt.ttt.update import clip_scale, effective_inner_lr, global_norm, sgd_step
+from lightning_ttt.ttt.update import clip_scale, effective_inner_lr, global_norm, make_update, sgd_step
 from tiny_models import randomize_weights  # tests/tiny_models.py
 
 
@@ -39,7 +38,7 @@ def tiny_batch(cfg, batch=2, seq_len=6, seed=1):
 
 
 def update_of(model):
-    return partial(sgd_step, lr=model.cfg.inner_lr, clip=model.cfg.inner_clip)
+    return make_update(model.cfg)
 
 
 def first_order_update(model):
