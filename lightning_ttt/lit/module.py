@@ -18,8 +18,9 @@ from torchmetrics import MeanMetric
 
 from lightning_ttt.config import Method, ModelConfig, ModelSettings, settings_dict
 from lightning_ttt.infer.loading import model_state
-from lightning_ttt.metrics import (PositionCurve, PositionNLL, plot_nll_by_position, position_report,
-                                   write_position_report)
+from lightning_ttt.lit.callbacks import PositionReport
+from lightning_ttt.metrics import PositionCurve, PositionNLL, position_report
+from lightning_ttt.model.checkpointing import checkpoint_blocks
 from lightning_ttt.model.transformer import FastWeights, Transformer
 from lightning_ttt.model.weights import load_strict, state_mismatch
 from lightning_ttt.ttt.objective import LMOutput, lm_loss
@@ -84,6 +85,14 @@ class TTTLanguageModel(L.LightningModule):
         self.val_position = PositionNLL(seq_len)
         self.last_eval: dict[str, Any] = {}  # the latest validation/test result: loss, nll, ppl, curve
         self._batch_started = 0.0
+
+    def configure_model(self) -> None:
+        """Execution policies, applied to the built model (torchtitan style)."""
+        if self.cfg.checkpoint_blocks:
+            checkpoint_blocks(self.model)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [PositionReport()]
 
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer.strategy, self.cfg)
@@ -174,7 +183,7 @@ class TTTLanguageModel(L.LightningModule):
         self._log_eval("test")
 
     def _log_eval(self, split: str) -> None:
-        """Log loss, token NLL, perplexity and the per-position buckets; write the report and the figure."""
+        """Log loss, token NLL, perplexity and the per-position buckets; keep the result in ``last_eval``."""
         loss, nll = self.val_loss.compute(), self.val_token_nll.compute()
         curve: PositionCurve = self.val_position.compute()
         self.log(f"{split}/loss", loss, prog_bar=True)
@@ -185,28 +194,9 @@ class TTTLanguageModel(L.LightningModule):
             for row in report[f"{kind}_buckets"]:
                 self.log(f"{split}_nll_by_position/{kind}_{row['lo']:06d}-{row['hi']:06d}", row["nll"])
         self.last_eval = {"split": split, "loss": float(loss), "nll": float(nll), "ppl": float(torch.exp(nll)),
-                          "curve": curve, "report": report}
-        if self.global_rank == 0 and not self.trainer.sanity_checking:
-            self._write_report(split, report)
-            self._add_figure(f"{split}/nll_by_position", curve)
+                          "curve": curve, "report": report}  # written to disk and TensorBoard by PositionReport
         for metric in (self.val_loss, self.val_token_nll, self.val_position):
             metric.reset()
-
-    def _write_report(self, split: str, report: dict) -> None:
-        """``<log_dir>/nll_by_position/<split>-step<N>.{json,csv}`` when the run has a log directory."""
-        log_dir = getattr(self.logger, "log_dir", None) if self.logger is not None else None
-        if log_dir:
-            write_position_report(report, f"{log_dir}/nll_by_position/{split}-step{self.global_step:06d}")
-
-    def _add_figure(self, tag: str, curve: PositionCurve) -> None:
-        experiment = getattr(self.logger, "experiment", None)
-        if not hasattr(experiment, "add_figure"):
-            return
-        label = self.cfg.name + (" (TTT)" if self.cfg.method == "e2e" and self.hparams.eval_ttt else "")
-        mini_batch = self.cfg.mini_batch if self.cfg.method == "e2e" else None
-        fig = plot_nll_by_position({label: curve}, title=f"{tag} at step {self.global_step}", mini_batch=mini_batch,
-                                   window=self.cfg.attention_window)
-        experiment.add_figure(tag, fig, global_step=self.global_step, close=True)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from lightning_ttt.config import ModelConfig
 from lightning_ttt.model.attention import attend, choose_kernel, sequence_attention, window_mask
@@ -132,15 +131,9 @@ class Transformer(nn.Module):
         return self._run_blocks(self.embed(input_ids), self.blocks[: self.cfg.prefix_len])
 
     def _run_blocks(self, h: Tensor, blocks) -> Tensor:
-        """Whole-sequence blocks; with ``checkpoint_blocks`` each block is recomputed in the backward
-        pass (non-reentrant activation checkpointing) instead of keeping its activations."""
-        kernel = self.sequence_kernel()
-        recompute = self.cfg.checkpoint_blocks and torch.is_grad_enabled()
+        kernel, window = self.sequence_kernel(), self.cfg.attention_window
         for block in blocks:
-            if recompute:
-                h = checkpoint(block, h, self.cfg.attention_window, kernel, use_reentrant=False)
-            else:
-                h = block(h, self.cfg.attention_window, kernel)
+            h = block(h, window, kernel)
         return h
 
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import lightning as L
 import pytest
 import torch
@@ -87,3 +89,32 @@ def test_bad_module_settings() -> None:
         TTTLanguageModel(warmup_fraction=1.5)
     with pytest.raises(ValueError, match="unknown model setting"):
         TTTLanguageModel(config={"windw": 3})
+
+
+def test_policies_are_applied_to_the_built_model() -> None:
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    plain = TTTLanguageModel(method="fa", seq_len=64)
+    plain.configure_model()
+    assert not any(isinstance(b, CheckpointWrapper) for b in plain.model.blocks)
+    wrapped = TTTLanguageModel(method="fa", seq_len=64, config={"checkpoint_blocks": True})
+    keys = list(wrapped.state_dict())
+    wrapped.configure_model()
+    assert all(isinstance(b, CheckpointWrapper) for b in wrapped.model.blocks)
+    assert list(wrapped.state_dict()) == keys  # checkpoints are the same either way
+
+
+def test_position_report_callback_writes_files_and_the_figure(tmp_path) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    module = TTTLanguageModel(method="e2e", seq_len=64, position_buckets=4)
+    assert [type(c).__name__ for c in module.configure_callbacks()] == ["PositionReport"]
+    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    trainer = L.Trainer(logger=logger, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.validate(module, torch.utils.data.DataLoader(_Batches(), batch_size=2))
+    report = json.loads((tmp_path / "run" / "version_0" / "nll_by_position" / "val-step000000.json").read_text())
+    assert report["seq_len"] == 64 and len(report["fixed_buckets"]) == 4
+    assert report["nll"] == pytest.approx(module.last_eval["curve"].nll.tolist(), abs=1e-6)
+    events = EventAccumulator(str(tmp_path / "run" / "version_0"), size_guidance={"images": 0}).Reload()
+    assert "val/nll_by_position" in events.Tags()["images"]

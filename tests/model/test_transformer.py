@@ -9,9 +9,10 @@ import lightning_ttt.model.attention as attention
 from lightning_ttt.config import ModelConfig
 from lightning_ttt.model.layers import rope
 from lightning_ttt.model.cache import empty_caches
+from lightning_ttt.model.checkpointing import checkpoint_blocks
 from lightning_ttt.model.transformer import Transformer
 from lightning_ttt.ttt.objective import lm_loss
-from lightning_ttt.ttt.update import global_norm
+from lightning_ttt.ttt.update import global_norm, make_update
 from tiny_models import randomize_weights  # tests/tiny_models.py
 
 
@@ -159,22 +160,28 @@ def test_parameter_counts_match_paper(preset):
 
 @pytest.mark.parametrize("method", ["fa", "e2e"])
 def test_block_checkpointing_gives_the_same_loss_and_gradients(method: str) -> None:
-    """Activation checkpointing per whole-sequence block is a memory policy: same function, same gradients."""
-    from functools import partial
-
-    from lightning_ttt.ttt.update import sgd_step
-
+    """Activation checkpointing per whole-sequence block is a policy applied to the built model: same
+    function, same gradients, same state-dict keys, and the blocks really run again in the backward pass."""
     results = []
     for recompute in (False, True):
-        model = small_model(method=method, suffix_len=1 if method == "e2e" else 0,
-                            checkpoint_blocks=recompute).double()
+        model = small_model(method=method, suffix_len=1 if method == "e2e" else 0)
+        keys = list(model.state_dict())
+        if recompute:
+            checkpoint_blocks(checkpoint_blocks(model))  # idempotent
+            assert list(model.state_dict()) == keys
+        calls = []
+        model.blocks[0].attn.register_forward_hook(lambda *_: calls.append(1))
         ids = torch.randint(0, 37, (2, 13), generator=torch.Generator().manual_seed(1))
         mask = torch.ones(2, 12, dtype=torch.bool)
         out = lm_loss(model, ids[:, :-1], ids[:, 1:], mask, ttt=method == "e2e", create_graph=True,
-                      update=partial(sgd_step, lr=0.5, clip=1.0))
+                      update=make_update(model.cfg))
         out.loss.backward()
-        results.append((out.loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    (loss_a, grads_a), (loss_b, grads_b) = results
+        assert len(calls) == (2 if recompute else 1)  # forward, and the recomputation in the backward pass
+        with torch.no_grad():  # evaluation runs the wrapped blocks too
+            hidden = model(ids)
+        results.append((out.loss.detach(), [p.grad.clone() for p in model.parameters()], hidden))
+    (loss_a, grads_a, hidden_a), (loss_b, grads_b, hidden_b) = results
     torch.testing.assert_close(loss_b, loss_a, rtol=0, atol=1e-12)
+    torch.testing.assert_close(hidden_b, hidden_a, rtol=0, atol=1e-12)
     for a, b in zip(grads_a, grads_b):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
