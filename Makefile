@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup train test sweep bench verify clean
+.PHONY: setup train test test-fast sweep bench verify clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,16 +17,20 @@ setup: $(BIN)/python  ## install the package (CPU torch 2.13.0 wheel first, so n
 train: setup  ## the main job: TTT-E2E on the debug model, embedded corpus, CPU
 	$(BIN)/ttt fit --config recipes/debug/e2e.yaml
 
-test: setup  ## the layer contract, then the whole test suite
+test: setup  ## the layer contract, then the whole test suite (what CI runs)
 	$(BIN)/lint-imports --no-logo --no-cache
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-fast: setup  ## the layer contract and every test but the slow ones (subprocesses, spawns, the notebook)
+	$(BIN)/lint-imports --no-logo --no-cache
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 sweep: setup  ## loss vs context length for fa, swa, e2e at 1/8 of the paper's geometry (about an hour on 2 CPU cores)
 	$(BIN)/ttt sweep recipes/debug/sweep-context.yaml
 
 verify: setup  ## parity with the authors' JAX numbers, float32 and float64
-	$(BIN)/ttt verify-reference ../shared/fixtures/reference_e2e/tiny.npz --dtype float32
-	$(BIN)/ttt verify-reference ../shared/fixtures/reference_e2e/tiny.npz --dtype float64
+	$(BIN)/ttt verify-reference tests/fixtures/reference_e2e/tiny.npz --dtype float32
+	$(BIN)/ttt verify-reference tests/fixtures/reference_e2e/tiny.npz --dtype float64
 
 bench: setup  ## training speed of fa, swa and e2e, data-loader tokens/s (prints, never asserts)
 	$(BIN)/python -m benchmarks.train_speed

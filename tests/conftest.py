@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from fixture_paths import REFERENCE  # tests/fixture_paths.py
 from sweeps import run_sweep, tiny_sweep_spec  # tests/sweeps.py
 
-REPO = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = REPO.parent / "shared" / "fixtures" / "reference_e2e"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -22,10 +21,8 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 @pytest.fixture(scope="session")
 def tiny_fixture() -> Path:
-    path = REFERENCE_DIR / "tiny.npz"
-    if not path.is_file():
-        pytest.skip(f"reference fixture not found at {path} (CI places ../shared beside the repository)")
-    return path
+    """The reference fixture in the repository (tests/fixtures/reference_e2e)."""
+    return REFERENCE
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +35,11 @@ def single_thread():
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "gpu" in item.keywords:
+        if "tiny_sweep" in getattr(item, "fixturenames", ()):  # runs `ttt sweep` in subprocesses
+            item.add_marker(pytest.mark.slow)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip)
 
 

@@ -90,6 +90,7 @@ def _rank(rank: int, world: int, init: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # spawns two processes
 def test_metrics_are_summed_across_ranks(tmp_path: Path) -> None:
     mp.spawn(_rank, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2, join=True)
     single, mean = PositionNLL(40), MeanMetric()

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "loss_by_position.ipynb"
 
 
+@pytest.mark.slow  # a notebook kernel, on the subprocess-run sweep
 def test_notebook_executes_on_a_finished_sweep(tiny_sweep, monkeypatch) -> None:
     monkeypatch.setenv("SWEEP_DIR", str(tiny_sweep.out))
     notebook = nbformat.read(NOTEBOOK, as_version=4)

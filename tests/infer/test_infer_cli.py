@@ -80,6 +80,7 @@ def test_generate_rejects_foreign_checkpoints(ckpt, tmp_path, capsys, monkeypatc
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.slow  # a subprocess per measurement
 def test_bench_writes_table_json_and_plot(tmp_path, capsys, monkeypatch):
     out = tmp_path / "bench"
     code, table, err = _run(["bench", "--methods", "fa", "e2e", "--lengths", "128", "256", "--window", "64",

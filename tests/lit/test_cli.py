@@ -134,9 +134,9 @@ def test_bf16_mixed_meta_training_runs(tmp_path: Path) -> None:
 
 
 def test_verify_reference_command(tiny_fixture: Path, capsys) -> None:
-    assert main(["verify-reference", str(tiny_fixture), "--modes", "meta"]) == 0
+    assert main(["verify-reference", str(tiny_fixture), "--modes", "meta", "--dtype", "float64"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["passed"] and report["modes"]["meta"]["checked"] > 60
+    assert report["passed"] and report["modes"]["meta"]["checked"] > 40
 
 
 def test_verify_reference_missing_file(tmp_path: Path, capsys) -> None:

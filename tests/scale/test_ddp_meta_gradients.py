@@ -6,6 +6,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -48,6 +49,7 @@ def _worker(rank: int, world: int, init: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # spawns two processes
 def test_two_process_ddp_meta_gradients_match_one_process(tmp_path: Path) -> None:
     model = _model()
     loss = model(_batch(), ttt=True, create_graph=True).loss

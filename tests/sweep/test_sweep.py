@@ -182,6 +182,7 @@ def test_an_interrupted_fit_resumes_from_its_last_checkpoint(tiny_sweep, tmp_pat
     assert len((out / "summary.jsonl").read_text().splitlines()) == 6
 
 
+@pytest.mark.slow  # runs `ttt sweep` in subprocesses
 def test_a_failing_point_stops_the_sweep_and_names_its_log(tmp_path: Path) -> None:
     raw = tiny_sweep_spec()
     raw["sweep"]["methods"] = ["e2e"]

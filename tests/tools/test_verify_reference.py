@@ -16,41 +16,69 @@ import lightning_ttt.ttt.update as update
 from lightning_ttt.model.transformer import Transformer
 from lightning_ttt.tools.reference import Fixture, mode_from_settings, to_fixture_layout
 from lightning_ttt.tools.verify import compute_mode, verify
+from fixture_paths import FULL_REFERENCE, REFERENCE  # tests/fixture_paths.py
 from tiny_models import randomize_weights  # tests/tiny_models.py
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-FIXTURE = Path(__file__).resolve().parents[2].parent / "shared/fixtures/reference_e2e/tiny.npz"
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_file() or not FIXTURE.with_suffix(".json").is_file(),
-                                   reason=f"reference fixture {FIXTURE} (and tiny.json beside it) not present")
+FIXTURE = REFERENCE  # tests/fixtures/reference_e2e/tiny.npz: trimmed, always present
+full_fixture = pytest.mark.skipif(not FULL_REFERENCE.is_file(), reason=f"the full fixture {FULL_REFERENCE} is not present")
 MODES = ("meta", "pretrain_swa_prime", "pretrain_swa", "pretrain_fa")
 
 
-# ---------------------------------------------------------------- the shipped fixture
-@needs_fixture
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_tiny_fixture_passes(dtype):
-    report = verify(FIXTURE, dtype)
+def _check_report(report: dict, dtype: str) -> None:
     assert report["reference"] == ("f64" if dtype == "float64" else "f32")
     assert set(report["modes"]) == set(MODES)
     for name, mode in report["modes"].items():
         assert mode["passed"], (name, mode["failed"], mode["unchecked"])
         assert mode["failed"] == [] and mode["unchecked"] == []
         assert all(check["passed"] for check in mode["checks"].values())
-    # everything the fixture records was compared: every gradient, the fast weights after every step
     meta = report["modes"]["meta"]["checks"]
-    assert {"loss", "per_seq_loss", "chunk_loss", "token_nll", "logits_pre_update", "first_chunk_logits",
-            "prefix_output", "inner_grad_norm", "ilr_multiplier", "effective_inner_lr"} <= set(meta)
-    assert {"grad.embed", "grad.blocks.3.prime.w1", "grad.blocks.0.attn.wq", "grad.blocks.3.prime_norm",
-            "inner_params_after_step.blocks.3.prime.w2", "inner_params_final.blocks.3.prime.w3"} <= set(meta)
+    assert {"loss", "per_seq_loss", "chunk_loss", "token_nll", "logits_pre_update", "prefix_output", "inner_grad_norm",
+            "ilr_multiplier", "effective_inner_lr"} <= set(meta)
     assert "logits" in report["modes"]["pretrain_fa"]["checks"]
-    with np.load(FIXTURE) as npz:
-        reference_loss = float(npz["meta.loss"])
-    assert abs(report["modes"]["meta"]["loss"] - reference_loss) <= 1e-5
     assert report["passed"] is True
     json.dumps(report)  # the CLI prints it
+
+
+# ---------------------------------------------------------------- the shipped fixture
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tiny_fixture_passes(dtype):
+    report = verify(FIXTURE, dtype)
+    _check_report(report, dtype)
+    with np.load(FIXTURE) as npz:
+        reference_loss = float(npz["meta.loss"])
+        recorded = {k.removeprefix("f64.meta.") for k in npz.files if k.startswith("f64.meta.")}
+    assert abs(report["modes"]["meta"]["loss"] - reference_loss) <= 1e-5
+    if dtype == "float64":  # every recorded gradient and the fast weights after the last step were compared
+        meta = report["modes"]["meta"]["checks"]
+        assert set(meta) == recorded and len(meta) > 40
+        assert {"grad.embed", "grad.final_norm", "grad.blocks.0.attn.wq", "grad.blocks.3.mlp.w2",
+                "grad.blocks.3.prime.w1", "grad.blocks.3.prime_norm", "inner_params_final.blocks.3.prime.w3"} <= set(meta)
+
+
+@full_fixture
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_full_fixture_passes(dtype):
+    """Where the full fixture sits beside the repository: every one of its arrays, every gradient in both
+    precisions and the fast weights after every inner step."""
+    report = verify(FULL_REFERENCE, dtype)
+    _check_report(report, dtype)
+    meta = report["modes"]["meta"]["checks"]
+    assert {"first_chunk_logits", "grad.blocks.1.attn.wq", "grad.blocks.2.mlp.w1",
+            "inner_params_after_step.blocks.3.prime.w2", "inner_params_final.blocks.3.prime.w3"} <= set(meta)
+
+
+def test_the_trimmed_fixture_holds_the_full_ones_numbers():
+    """tests/fixtures/reference_e2e is a subset of the full fixture, array for array (when that is present)."""
+    with np.load(FIXTURE) as trimmed:
+        assert len(trimmed.files) > 200 and FIXTURE.stat().st_size <= 5_000_000
+        if FULL_REFERENCE.is_file():
+            with np.load(FULL_REFERENCE) as full:
+                for key in trimmed.files:
+                    assert np.array_equal(trimmed[key], full[key]), key
 
 
 def _copy_fixture(tmp_path: Path, change) -> Path:
@@ -63,19 +91,19 @@ def _copy_fixture(tmp_path: Path, change) -> Path:
     return path
 
 
-@needs_fixture
 def test_perturbed_parameter_is_caught(tmp_path):
     def change(arrays):
-        arrays["params.blocks.1.attn.wq"] = arrays["params.blocks.1.attn.wq"] + np.float32(1e-3)
+        arrays["params.blocks.0.attn.wq"] = arrays["params.blocks.0.attn.wq"] + np.float32(1e-3)
     path = _copy_fixture(tmp_path, change)
-    report = verify(path, "float32", modes=["meta", "pretrain_fa"])
-    assert report["passed"] is False
-    for name in ("meta", "pretrain_fa"):
-        mode = report["modes"][name]
-        assert not mode["passed"] and "loss" in mode["failed"] and "grad.blocks.1.attn.wq" in mode["failed"]
+    for dtype in ("float32", "float64"):
+        report = verify(path, dtype, modes=["meta", "pretrain_fa"])
+        assert report["passed"] is False
+        for name in ("meta", "pretrain_fa"):
+            mode = report["modes"][name]
+            assert not mode["passed"] and {"loss", "token_nll"} <= set(mode["failed"])
+            assert dtype == "float32" or "grad.blocks.0.attn.wq" in mode["failed"]
 
 
-@needs_fixture
 def test_non_differentiable_clip_is_caught(monkeypatch):
     """Pitfall 1: a clip whose scale ignores the derivative of the norm. The forward is exact, so only
     the meta-mode gradients move — and the report must say so."""
@@ -99,7 +127,6 @@ def test_missing_files_are_named(tmp_path):
         verify(tmp_path / "lonely.npz")
 
 
-@needs_fixture
 def test_bad_arguments():
     with pytest.raises(ValueError, match="float16"):
         verify(FIXTURE, "float16")
