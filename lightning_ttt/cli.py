@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import re
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -217,7 +219,28 @@ def error(command: str, err: BaseException) -> int:
     return 2
 
 
+class _NoTips(logging.Filter):
+    """Drops Lightning's advertising tips (e.g. for its hosted logger) from its info log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip")
+
+
+def quiet_third_party() -> None:
+    """Keep third-party deprecation notices and Lightning's tips out of ``ttt`` output.
+
+    Deprecation warnings are ignored unless they are attributed to this package's code (then they
+    concern us); every other warning, the project's own included, still shows.
+    """
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(?!lightning_ttt\b)")
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoTips) for f in logger.filters):
+        logger.addFilter(_NoTips())
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_third_party()
     from_command_line = argv is None
     argv = sys.argv[1:] if from_command_line else list(argv)
     if not argv or argv[0] in ("-h", "--help"):

@@ -98,3 +98,42 @@ def test_usage_lists_every_tool(capsys) -> None:
     out = capsys.readouterr().out
     assert all(f"  {name}" in out for name in TOOLS) and "fit | validate" in out
     assert main([]) == 2
+
+
+def test_third_party_deprecations_and_tips_are_quiet_ours_are_not(caplog) -> None:
+    import logging
+    import warnings
+
+    from lightning.pytorch.utilities import rank_zero_info
+
+    from lightning_ttt.cli import quiet_third_party
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        for module in ("lightning.pytorch.utilities._pytree", "torch.utils._pytree", "lightning_ttt.data.stream"):
+            for category in (FutureWarning, DeprecationWarning, UserWarning):
+                warnings.warn_explicit(f"{module} {category.__name__}", category, "x.py", 1, module=module)
+    shown = sorted(str(w.message) for w in caught)
+    assert shown == ["lightning.pytorch.utilities._pytree UserWarning", "lightning_ttt.data.stream DeprecationWarning",
+                     "lightning_ttt.data.stream FutureWarning", "lightning_ttt.data.stream UserWarning",
+                     "torch.utils._pytree UserWarning"]
+    with caplog.at_level(logging.INFO):
+        rank_zero_info("\N{ELECTRIC LIGHT BULB} Tip: try a hosted logger")
+        rank_zero_info("GPU available: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False"]
+
+
+@pytest.mark.slow  # a subprocess: what a user sees
+def test_a_fit_prints_no_tips_or_third_party_deprecations(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "lightning_ttt", "fit", "--config", E2E, "--trainer.max_steps=1",
+                          "--trainer.limit_val_batches=0", "--data.max_val_windows=1", "--data.seq_len=64",
+                          f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false"],
+                         capture_output=True, text=True, timeout=600)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-2000:]
+    assert "`Trainer.fit` stopped: `max_steps=1` reached" in output
+    assert "Tip" not in output and "deprecated" not in output.lower() and "Warning" not in output, output
