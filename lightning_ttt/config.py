@@ -178,11 +178,6 @@ class ModelConfig:
         """Tokens per loss chunk: b, or the whole sequence when it is shorter than b."""
         return min(self.mini_batch, seq_len)
 
-    def check_token_ids(self, max_id: int, source: str = "data") -> None:
-        if max_id >= self.vocab_size:
-            raise ValueError(f"token id {max_id} from {source} does not fit vocab_size={self.vocab_size}; "
-                             "raise model vocab_size or use a matching tokenizer")
-
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 

@@ -62,10 +62,6 @@ class InferenceSession:
             self.pending_ids: list[Tensor] = []  # their ids, [B, n] each
 
     @property
-    def num_updates(self) -> int:
-        return len(self.grad_norms)
-
-    @property
     def pending(self) -> int:
         """Tokens read since the last TTT step (e2e); 0 for fa and swa."""
         return self.pos - self.anchor if self.ttt else 0

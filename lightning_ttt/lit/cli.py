@@ -63,26 +63,9 @@ class TTTLightningCLI(LightningCLI):
         except (ValueError, OSError) as err:
             raise SettingsError(str(err)) from err
 
-    def before_fit(self) -> None:
-        self._check_vocabulary()
-
-    def before_validate(self) -> None:
-        self._check_vocabulary()
-
-    def before_test(self) -> None:
-        self._check_vocabulary()
-
-    def _check_vocabulary(self) -> None:
-        data, cfg = self.datamodule, self.model.cfg
-        vocab = getattr(data, "vocab_size", None)
-        if vocab is not None and vocab > cfg.vocab_size:
-            raise SettingsError(f"the data's tokenizer has {vocab} ids but model vocab_size={cfg.vocab_size}; "
-                                "set model.config.vocab_size >= the tokenizer's vocabulary")
-
 
 def cli_main(args: ArgsType = None, run: bool = True) -> TTTLightningCLI:
     return TTTLightningCLI(
         TTTLanguageModel, LongContextDataModule, trainer_class=TTTTrainer, parser_class=TTTArgumentParser, args=args,
-        run=run,
-        save_config_kwargs={"overwrite": True}, parser_kwargs={"default_env": False, "exit_on_error": False},
+        run=run, save_config_kwargs={"overwrite": True}, parser_kwargs={"default_env": False, "exit_on_error": False},
     )

@@ -159,10 +159,6 @@ class Transformer(nn.Module):
                 for i, block in enumerate(self.blocks) if block.has_prime
                 for name, w in block.prime.weights().items()}
 
-    def num_parameters(self, exclude_prime: bool = False) -> int:
-        fast = {id(w) for w in self.fast_weights().values()} if exclude_prime else set()
-        return sum(p.numel() for p in self.parameters() if id(p) not in fast)
-
 
 def token_nll(logits: Tensor, targets: Tensor) -> Tensor:
     """Unmasked next-token NLL in at least fp32. logits: [B, t, V], targets: [B, t] -> [B, t]."""
