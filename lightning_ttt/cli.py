@@ -154,30 +154,22 @@ class ToolParser:
         return 0 if code is None else int(code)
 
     def _merge_repeated(self, argv: list[str]) -> list[str]:
-        """``--config a --config b c`` -> ``--config a b c`` for the list options."""
-        out: list[str] = []
-        first: dict[str, int] = {}  # option -> index in `out` after its values so far
+        """``--config a --lengths 1 --config b c`` -> ``--lengths 1 --config a b c``: one occurrence per list option."""
+        rest: list[str] = []
+        gathered: dict[str, list[str]] = {}
         i = 0
         while i < len(argv):
             option, _, inline = argv[i].partition("=")
-            if option not in self.lists:
-                out.append(argv[i])
-                i += 1
-                continue
-            values = [inline] if inline else []
             i += 1
+            if option not in self.lists:
+                rest.append(argv[i - 1])
+                continue
+            values = gathered.setdefault(option, [])
+            values += [inline] if inline else []
             while i < len(argv) and not _is_option(argv[i]):
                 values.append(argv[i])
                 i += 1
-            if option in first:
-                at = first[option]
-                out[at:at] = values
-                first = {k: v + len(values) if v >= at and k != option else v for k, v in first.items()}
-                first[option] = at + len(values)
-            else:
-                out += [option, *values]
-                first[option] = len(out)
-        return out
+        return rest + [token for option, values in gathered.items() for token in (option, *values)]
 
     def _explain(self, message: str) -> str:
         """jsonargparse's multi-line message as one line naming the option and the expected values."""
