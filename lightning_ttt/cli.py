@@ -48,7 +48,7 @@ TOOLS: dict[str, Tool] = {
     "generate": Tool("lightning_ttt.infer.cli", "generate", "(--ckpt CKPT | --model-dir DIR) [--prompt-file F]"),
     "plan": Tool("lightning_ttt.tools.plan", "plan_command", "--config RECIPE [--config ...]"),
     "bench": Tool("lightning_ttt.infer.bench", "bench", "[--lengths 1024 4096 ...]"),
-    "niah": Tool("lightning_ttt.eval.niah", "niah", "(--ckpt CKPT | --model-dir DIR) [--lengths ...]"),
+    "niah": Tool("lightning_ttt.eval.niah.cli", "niah", "(--ckpt CKPT | --model-dir DIR) --lengths ... [--haystack F]"),
     "eval-context": Tool("lightning_ttt.eval.context", "eval_context", "CKPT --lengths 1024 4096 ... --out DIR"),
     "sweep": Tool("lightning_ttt.sweep.run", "sweep", "SWEEP.yaml [--dry-run]"),
 }
