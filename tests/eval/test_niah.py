@@ -15,7 +15,7 @@ from lightning_ttt.cli import main
 from lightning_ttt.data.tokenizer import ByteTokenizer
 from lightning_ttt.eval.niah.haystack import ESSAY, NOISE, essay_haystack, noise_haystack, split_sentences
 from lightning_ttt.eval.niah.prompts import (ESSAY_DEPTHS, GRID, INSIDE, OUTSIDE, RANDOM, STRADDLING, TASKS,
-                                             iter_samples, region)
+                                             builders, iter_samples, region)
 from lightning_ttt.eval.niah.report import summarize, wilson_interval, window_fraction
 from lightning_ttt.eval.niah.run import evaluate, load_haystacks
 from lightning_ttt.eval.niah.scoring import clean_prediction, score, string_match_all, window_oracle
@@ -87,13 +87,17 @@ def test_prompts_fit_the_budget_with_rulers_needles(haystacks):
         for s in _samples(haystacks, lengths=(900, 2048), answer_tokens=answer_tokens):
             assert s.prompt[0] == TOK.bos_id and s.prompt_tokens == len(s.prompt)
             assert s.prompt_tokens + answer_tokens <= s.length  # RULER: prompt + answer budget within the length
-            unit = 95 if s.task == "niah_1" else 400  # the haystack is as long as whole units allow
-            assert s.prompt_tokens + answer_tokens > s.length - unit
+            unit = 95 if s.task == "niah_1" else 400  # the haystack is as long as whole units allow for the
+            longest_key = 33  # longest key ("disillusioned-cross-contamination"), which appears 3 times
+            assert s.prompt_tokens + answer_tokens > s.length - unit - 3 * (longest_key - len(s.key))
             needle = TOK.decode(s.prompt[s.needle_start:s.needle_end]).strip()
             kinds = TASKS[s.task].kinds[1]
             assert needle == f"One of the special magic {kinds} for {s.key} is: {s.values[0]}."
             assert re.fullmatch(r"[A-Za-z' ]+-[A-Za-z' ]+", s.key)
             assert re.fullmatch(UUID4 if s.task == "niah_3" else r"[1-9]\d{6}", s.values[0])
+    builder = builders(["niah_3"], [2048], TOK, haystacks, T, None, 128)[("niah_3", 2048)]
+    longest = "disillusioned-cross-contamination"
+    assert builder._over(longest, "x" * 36, builder.units) <= 0 < builder._over(longest, "x" * 36, builder.units + 1)
     with pytest.raises(ValueError, match="too short for task niah_2"):
         _samples(haystacks, tasks=["niah_2"], lengths=[400])
 

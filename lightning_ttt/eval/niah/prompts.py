@@ -111,21 +111,33 @@ class PromptBuilder:
             raise ValueError(f"task {task.name} needs a {task.haystack} haystack, got {haystack.kind}")
         self.task, self.length, self.haystack, self.templates = task, length, haystack, templates
         self.tokenizer, self.answer_tokens, self.window = tokenizer, answer_tokens, window
+        self._span = lru_cache(maxsize=64)(self._encode_span)  # essays: 40 random depths share their spans
+        adjectives, nouns = _words()  # fit with the longest key, so samples rarely need trimming
         probe = random.Random(f"niah-fit:{task.name}:{length}")
-        self.units = self.fit_units(draw_key(probe), draw_value(task.value_type, probe))
+        self.units = self.fit_units(f"{max(adjectives, key=len)}-{max(nouns, key=len)}",
+                                    draw_value(task.value_type, probe))
 
     def _encode(self, text: str) -> np.ndarray:
-        return np.asarray(self.tokenizer.encode(text), dtype=np.int64)
+        return np.asarray(self.tokenizer.encode(text), dtype=np.int32)
+
+    def _encode_span(self, start: int, stop: int, lead: bool) -> np.ndarray:
+        """Haystack units ``start .. stop-1``, after a separator when ``lead``."""
+        if start >= stop:
+            return np.zeros(0, dtype=np.int32)
+        return self._encode((self.haystack.separator if lead else "") + self.haystack.join(start, stop))
 
     def build(self, key: str, value: str, units: int, at: int) -> tuple[np.ndarray, int, int]:
-        """(prompt ids, needle start, needle end) with the needle after haystack unit ``at - 1``."""
+        """(prompt ids, needle start, needle end) with the needle after haystack unit ``at - 1``.
+
+        The pieces (head, units before, separator + needle, separator + units after, tail) are
+        tokenized apart, at spaces and line breaks, and joined.
+        """
         kind, kinds = self.task.kinds
         head, tail = self.templates.head_and_tail(kind, kinds, key)
         needle = self.templates.needle.format(type=kind, types=kinds, key=key, value=value)
-        sep = self.haystack.separator
-        before = self._encode(head + self.haystack.join(0, at))
-        middle = self._encode((sep if at > 0 else "") + needle)
-        after = self._encode((sep if at < units else "") + self.haystack.join(at, units) + tail)
+        before = np.concatenate([self._encode(head), self._span(0, at, False)])
+        middle = self._encode((self.haystack.separator if at > 0 else "") + needle)
+        after = np.concatenate([self._span(at, units, True), self._encode(tail)])
         prompt = np.concatenate([[self.tokenizer.bos_id], before, middle, after]).astype(np.int64)
         lead = 0  # a separator that got tokens of its own is not part of the needle
         while lead < len(middle) - 1 and not self.tokenizer.decode(middle[:lead + 1]).strip():
