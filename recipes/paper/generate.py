@@ -94,9 +94,9 @@ def recipe(size: str, method: str, seq_len: int | None = None, budget: int = 1) 
     seqs, steps, lr = SIZES[size]
     steps *= budget
     config: dict = {}
-    if trained_as(method, seq_len or PRETRAIN_LEN) != method:
-        raise ValueError(f"{method} at {seq_len or PRETRAIN_LEN} tokens is {trained_as(method, seq_len or PRETRAIN_LEN)}"
-                         " (the sequence fits the window): use that recipe")
+    same = trained_as(method, seq_len or PRETRAIN_LEN)
+    if same != method:
+        raise ValueError(f"{method} at {seq_len or PRETRAIN_LEN} tokens is {same} (the sequence fits the window)")
     if seq_len is None:
         length, init_from, min_doc = PRETRAIN_LEN, None, PRETRAIN_LEN
         if method == "e2e":

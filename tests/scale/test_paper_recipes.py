@@ -1,4 +1,4 @@
-"""Paper recipes carry §1.9's numbers; extension weights-only init; sharded strategies are refused for meta-training."""
+"""Paper recipes: the paper's numbers and init chain; weights-only init; sharded strategies refused for meta-training."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ WINDOW, MINI_BATCH = 8192, 1024
 
 
 def _tokens(spec: dict) -> int:
-    t = spec["trainer"]
-    return t["devices"] * t["num_nodes"] * t["accumulate_grad_batches"] * spec["data"]["batch_size"] * spec["data"]["seq_len"]
+    t, data = spec["trainer"], spec["data"]
+    return t["devices"] * t["num_nodes"] * t["accumulate_grad_batches"] * data["batch_size"] * data["seq_len"]
 
 
 def _load(name: str) -> dict:

@@ -113,9 +113,8 @@ class PromptBuilder:
         self.tokenizer, self.answer_tokens, self.window = tokenizer, answer_tokens, window
         self._span = lru_cache(maxsize=64)(self._encode_span)  # essays: 40 random depths share their spans
         adjectives, nouns = _words()  # fit with the longest key, so samples rarely need trimming
-        probe = random.Random(f"niah-fit:{task.name}:{length}")
         self.units = self.fit_units(f"{max(adjectives, key=len)}-{max(nouns, key=len)}",
-                                    draw_value(task.value_type, probe))
+                                    draw_value(task.value_type, random.Random(0)))
 
     def _encode(self, text: str) -> np.ndarray:
         return np.asarray(self.tokenizer.encode(text), dtype=np.int32)
@@ -193,8 +192,8 @@ class PromptBuilder:
                 raise ValueError(f"length {self.length} is too short for task {self.task.name} with key {key!r}")
             per_unit = max(1.0, (len(prompt) - 64) / units)
             units = max(1, units - math.ceil(over / per_unit))
-        return Sample(self.task.name, self.length, placement, requested, at / units, index, key, [value], units, len(prompt),
-                      start, end, region(start, end, len(prompt), self.window), prompt)
+        return Sample(self.task.name, self.length, placement, requested, at / units, index, key, [value], units,
+                      len(prompt), start, end, region(start, end, len(prompt), self.window), prompt)
 
 
 def sample_plan(tasks: Sequence[str], lengths: Sequence[int], samples: int, depths: Sequence[float] = (),
