@@ -1,4 +1,4 @@
-"""Paper recipes: the paper's numbers and init chain; weights-only init; sharded strategies refused for meta-training."""
+"""Paper recipes: the paper's numbers and init chain; weights-only init; sharded strategies refused for e2e."""
 
 from __future__ import annotations
 
