@@ -209,6 +209,8 @@ def test_haystack_sources_and_refusals(tmp_path):
 
 def test_command_on_debug_checkpoint(tmp_path, capsys):
     ckpt = one_step_checkpoint(tmp_path / "debug-e2e.ckpt")
+    export = tmp_path / "exported"
+    assert main(["export", str(ckpt), "--out", str(export)]) == 0
     out, tb = tmp_path / "niah", tmp_path / "tb"
     code = main(["niah", "--ckpt", str(ckpt), "--lengths", "640", "768", "--samples", "2", "--depths", "0", "1",
                  "--depth-samples", "1", "--answer-tokens", "8", "--window", "256", "--haystack", str(PROSE),
@@ -230,6 +232,16 @@ def test_command_on_debug_checkpoint(tmp_path, capsys):
     for name in ("accuracy", "heatmap_niah_1", "heatmap_niah_2", "heatmap_niah_3"):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert any(tb.iterdir())
+    records, override = tmp_path / "essays.jsonl", tmp_path / "templates.yaml"
+    records.write_text("".join(json.dumps({"body": p.read_text()}) + "\n" for p in sorted(PROSE.glob("*.txt"))))
+    override.write_text("answer_prefix: ' Answer:'\n")
+    code = main(["niah", "--model-dir", str(export), "--lengths", "700", "--tasks", "niah_2", "--samples", "1",
+                 "--answer-tokens", "4", "--haystack", str(records), "--text-field", "body", "--templates",
+                 str(override), "--seed", "5", "--out", str(tmp_path / "other"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    about = json.loads((tmp_path / "other" / "summary.json").read_text())
+    assert about["templates"]["answer_prefix"] == " Answer:" and about["seed"] == 5 and about["method"] == "e2e"
+    assert about["random"][0]["n"] == 1 and not (tmp_path / "other" / "depth_grid.csv").exists()
     code = main(["niah", "--ckpt", str(ckpt), "--lengths", "300", "--tasks", "niah_1", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and "too short" in err and len(err.strip().splitlines()) == 1
