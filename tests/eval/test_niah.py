@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lightning_ttt.cli import main
+from lightning_ttt.config import ModelConfig
 from lightning_ttt.data.tokenizer import ByteTokenizer
 from lightning_ttt.eval.niah.haystack import ESSAY, NOISE, essay_haystack, noise_haystack, split_sentences
 from lightning_ttt.eval.niah.prompts import (ESSAY_DEPTHS, GRID, INSIDE, OUTSIDE, RANDOM, STRADDLING, TASKS,
@@ -237,10 +238,12 @@ def test_command_on_debug_checkpoint(tmp_path, capsys):
     override.write_text("answer_prefix: ' Answer:'\n")
     code = main(["niah", "--model-dir", str(export), "--lengths", "700", "--tasks", "niah_2", "--samples", "1",
                  "--answer-tokens", "4", "--haystack", str(records), "--text-field", "body", "--templates",
-                 str(override), "--seed", "5", "--out", str(tmp_path / "other"), "--no-progress"])
+                 str(override), "--seed", "5", "--device", "cpu", "--threads", "1", "--out", str(tmp_path / "other"),
+                 "--no-progress"])
     assert code == 0, capsys.readouterr().err
     about = json.loads((tmp_path / "other" / "summary.json").read_text())
     assert about["templates"]["answer_prefix"] == " Answer:" and about["seed"] == 5 and about["method"] == "e2e"
+    assert about["window"] == ModelConfig.from_preset("debug", "e2e").attention_window  # the model's window
     assert about["random"][0]["n"] == 1 and not (tmp_path / "other" / "depth_grid.csv").exists()
     code = main(["niah", "--ckpt", str(ckpt), "--lengths", "300", "--tasks", "niah_1", "--out", str(out)])
     err = capsys.readouterr().err
@@ -248,6 +251,12 @@ def test_command_on_debug_checkpoint(tmp_path, capsys):
     code = main(["niah", "--ckpt", str(ckpt), "--lengths", "1024", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and "give --haystack" in err and len(err.strip().splitlines()) == 1
+    code = main(["niah", "--ckpt", str(ckpt), "--lengths", "1024", "--tasks", "niah_9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--tasks" in err and "niah_1" in err and len(err.strip().splitlines()) == 1
+    code = main(["niah", "--ckpt", str(ckpt), "--model-dir", str(export), "--lengths", "1024", "--tasks", "niah_1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--model-dir" in err and len(err.strip().splitlines()) == 1
 
 
 def test_bpe_prompts_tokenize_like_their_text_and_the_oracle_reads_them(tmp_path, haystacks):
