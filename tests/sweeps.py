@@ -10,7 +10,8 @@ TINY_MODEL = {"window": 32, "mini_batch": 16, "n_layers": 2, "d_model": 32, "n_h
 
 
 def tiny_sweep_spec(lengths: list[int] = [64]) -> dict:  # noqa: B006 - never mutated
-    """fa, swa (sharing fa's pretraining) and e2e: pretrain at 32 tokens, extend to ``lengths``."""
+    """fa, swa (sharing fa's runs at 32 tokens, its window) and e2e: pretrain at 32 tokens, fine-tune at 32
+    and at ``lengths``."""
     return {"sweep": {
         "name": "tiny",
         "methods": ["fa", "swa", "e2e"],
@@ -26,7 +27,8 @@ def tiny_sweep_spec(lengths: list[int] = [64]) -> dict:  # noqa: B006 - never mu
         "extend": {"lengths": list(lengths), "tokens_per_batch": 128,
                    "set": {"trainer.max_steps": 2, "model.lr": 4.0e-4}},
         "evaluate": {"tokens_per_length": 256, "batch_tokens": 256, "last_tokens": 16},
-        "where": [{"method": "fa", "stage": "extend", "set": {"model.config.rope_theta": 20000.0}}],
+        "where": [{"method": "fa", "stage": "extend", "length": list(lengths),  # the base length keeps its theta
+                   "set": {"model.config.rope_theta": 20000.0}}],
     }}
 
 

@@ -1,4 +1,5 @@
-"""A sweep's results: ``summary.jsonl``, comparison figures (PNG + TensorBoard) and the hparams table.
+"""A sweep's results: ``summary.jsonl``, ``summary.md`` (the loss table), comparison figures (PNG +
+TensorBoard) and the hparams table.
 
 Everything here is derived from the finished evaluations on disk, so it is rebuilt from scratch
 after every evaluation and by ``load_summary`` in notebooks.
@@ -20,6 +21,7 @@ from lightning_ttt.sweep.plan import Evaluation, Step, read_marker
 from lightning_ttt.sweep.spec import SweepSpec
 
 SUMMARY = "summary.jsonl"
+TABLE = "summary.md"
 
 
 def collect(steps: list[Step], out: Path) -> list[dict[str, Any]]:
@@ -62,9 +64,10 @@ def load_position_curve(sweep_dir: str | Path, row: dict[str, Any]) -> PositionC
 
 
 def write_report(spec: SweepSpec, steps: list[Step], out: Path) -> list[dict[str, Any]]:
-    """Rewrite summary.jsonl, figures/*.png and the TensorBoard summary/hparams runs."""
+    """Rewrite summary.jsonl, summary.md, figures/*.png and the TensorBoard summary/hparams runs."""
     rows = collect(steps, out)
     atomic_write_text(out / SUMMARY, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(out / TABLE, markdown_table(rows))
     if not rows:
         return rows
     figures = {"loss_vs_context": loss_figure(rows), "loss_delta_vs_fa": delta_figure(rows),
@@ -74,6 +77,33 @@ def write_report(spec: SweepSpec, steps: list[Step], out: Path) -> list[dict[str
         if fig is not None:
             save_figure(fig, out / "figures" / f"{name}.png")
     return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Loss (nats/token) per length and method, then each method minus full attention, overall and over
+    the last tokens of each sequence; one row per length."""
+    combos = list(dict.fromkeys(r["combo"] for r in rows))
+    cell = {(r["combo"], r["seq_len"]): r for r in rows}
+    others = [c for c in combos if any(r["combo"] == c and r["method"] != "fa" and r["loss_delta_fa"] is not None
+                                       for r in rows)]
+    last = sorted({r["last_tokens"] for r in rows})
+    header = ["length", *combos, *(f"{c} − fa" for c in others),
+              *(f"{c} − fa, last {'/'.join(map(str, last))} tokens" for c in others)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for length in sorted({r["seq_len"] for r in rows}):
+        row = [cell.get((c, length)) for c in combos + others + others]
+        keys = ["loss"] * len(combos) + ["loss_delta_fa"] * len(others) + ["last_loss_delta_fa"] * len(others)
+        values = [_number(None if r is None else r[k]) for r, k in zip(row, keys)]
+        lines.append("| " + " | ".join([_length(length), *values]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _length(tokens: int) -> str:
+    return f"{tokens // 1024}K" if tokens % 1024 == 0 else str(tokens)
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}".replace("-", "−")
 
 
 def _by_combo(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -1,10 +1,10 @@
 """``ttt sweep``: the paper's protocol over a grid, one process per point, finished points skipped.
 
-For every method (x grid point): pretrain at the base length, then extend (fine-tune from the
-pretrained checkpoint) at every target length, evaluating each checkpoint at its own length with
-``ttt eval-context``. Runs live in ``<out>/runs/<method...>/<stage>-<length>/`` (a TensorBoard run
-each, grouped by method); ``<out>/summary.jsonl`` and the comparison figures are rewritten after
-every evaluation. A point is finished when its ``*.done.json`` marker exists; a rerun skips it, and
+For every method (x grid point): pretrain at the base length, then fine-tune the pretrained
+checkpoint at the base length and at every target length, evaluating each fine-tune at its own
+length with ``ttt eval-context`` (the protocol and its budget: ``sweep.plan``). Runs live in
+``<out>/runs/<method...>/<stage>-<length>/`` (a TensorBoard run each, grouped by method);
+``<out>/summary.jsonl`` and the comparison figures are rewritten after every evaluation. A point is finished when its ``*.done.json`` marker exists; a rerun skips it, and
 a fit interrupted midway resumes from its ``last.ckpt``.
 """
 
@@ -141,7 +141,7 @@ def check_configs(spec: SweepSpec, steps: list[Step]) -> None:
 
 
 def sweep(spec: str, /, *, out_dir: str | None = None, dry_run: bool = False, quiet: bool = False) -> int:
-    """Pretrain, extend and evaluate every method at every context length of a sweep file.
+    """Pretrain, fine-tune and evaluate every method at every context length of a sweep file.
 
     Finished points are skipped; an interrupted training run resumes from its last checkpoint. Exits 1
     when a point fails (finished points stay finished).

@@ -8,12 +8,16 @@ A sweep file has a top-level ``sweep:`` section (see ``recipes/debug/sweep-conte
       grid: {model.config.mini_batch: [64, 128]}   # optional extra axes, crossed with methods
       base: {trainer: ..., model: ..., data: ...}  # the LightningCLI config every run starts from
       pretrain: {seq_len: 1024, set: {trainer.max_steps: 200}, share: {swa: fa}}
-      extend: {lengths: [2048, 4096], tokens_per_batch: 32768, set: {model.lr: 4.0e-4}}
+      extend: {lengths: [2048, 4096], tokens_per_batch: 32768, set: {model.lr: 4.0e-4}}   # + 1024, see below
       evaluate: {tokens_per_length: 262144, batch_tokens: 16384, last_tokens: 512}
       where:                        # settings for the points that match
         - {method: fa, length: 2048, set: {model.config.rope_theta: 20000.0}}
 
 ``set`` maps dotted LightningCLI keys to values. Every problem is one line naming the key.
+
+The ``extend`` stage fine-tunes at the base length (``pretrain.seq_len``) as well as at every
+``extend.lengths`` entry, with the same ``set``, so every evaluated point has had the same training:
+one pretraining plus one fine-tune of ``trainer.max_steps`` x ``tokens_per_batch`` tokens.
 """
 
 from __future__ import annotations
@@ -44,12 +48,17 @@ class SweepSpec:
     base: dict[str, Any]
     pretrain_len: int
     pretrain_set: dict[str, Any]
-    share: dict[str, str]  # method -> the method whose pretrained checkpoint it reuses
+    share: dict[str, str]  # method -> the method whose runs it reuses where the two are the same model
     lengths: list[int]
     tokens_per_batch: int | None
     extend_set: dict[str, Any]
     evaluate: dict[str, Any] = field(default_factory=dict)
     where: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def finetune_lengths(self) -> list[int]:
+        """Lengths of the ``extend`` stage: the base length first (fine-tuned too), then ``extend.lengths``."""
+        return [self.pretrain_len, *(n for n in self.lengths if n != self.pretrain_len)]
 
     def combos(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(name, method, grid values) for every method x grid point, e.g. ``("e2e-mini_batch=64", "e2e", {...})``."""
@@ -142,15 +151,15 @@ def load_spec(path: str | Path, out_dir: str | Path | None = None) -> SweepSpec:
     tokens_per_batch = extend.get("tokens_per_batch")
     if tokens_per_batch is not None:
         _positive(tokens_per_batch, f"{where}.extend.tokens_per_batch")
-        for length in lengths:
+        for length in [pretrain_len, *lengths]:
             if tokens_per_batch < length:
                 raise ValueError(f"{where}.extend.tokens_per_batch={tokens_per_batch} is less than one sequence of "
                                  f"{length} tokens")
     share = pretrain.get("share") or {}
     for method, owner in share.items():
         if method not in methods or owner not in methods or {method, owner} != {"fa", "swa"}:
-            raise ValueError(f"{where}.pretrain.share: {method}: {owner} — only fa and swa may share a pretrained "
-                             "checkpoint (same weights), and both must be in sweep.methods")
+            raise ValueError(f"{where}.pretrain.share: {method}: {owner} — only fa and swa may share runs (the same "
+                             "model within the window), and both must be in sweep.methods")
         if share.get(owner):
             raise ValueError(f"{where}.pretrain.share: {owner} both shares and is shared")
     rules = s.get("where") or []
