@@ -28,9 +28,16 @@ test-fast: setup  ## the layer contract and every test but the slow ones (subpro
 sweep: setup  ## loss vs context length for fa, swa, e2e at 1/8 of the paper's geometry (about an hour on 2 CPU cores)
 	$(BIN)/ttt sweep recipes/debug/sweep-context.yaml
 
-verify: setup  ## parity with the authors' JAX numbers, float32 and float64
+AUTHORS := tests/fixtures/authors_checkpoint
+
+verify: setup  ## parity with the authors' JAX numbers, float32 and float64; their checkpoint imported and checked
 	$(BIN)/ttt verify-reference tests/fixtures/reference_e2e/tiny.npz --dtype float32
 	$(BIN)/ttt verify-reference tests/fixtures/reference_e2e/tiny.npz --dtype float64
+	rm -rf build/authors-tiny
+	$(BIN)/ttt import-jax $(AUTHORS)/checkpoints/tiny/tiny_ttt_e2e_pretrain_dclm_8k_1x_cc \
+		--config $(AUTHORS)/authors_config.json --out build/authors-tiny --no-progress
+	$(BIN)/ttt verify-import build/authors-tiny $(AUTHORS)/reference.npz --dtype float32
+	$(BIN)/ttt verify-import build/authors-tiny $(AUTHORS)/reference.npz --dtype float64
 
 bench: setup  ## training speed of fa, swa and e2e, data-loader tokens/s (prints, never asserts)
 	$(BIN)/python -m benchmarks.train_speed

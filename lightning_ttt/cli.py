@@ -45,11 +45,16 @@ TOOLS: dict[str, Tool] = {
     "verify-reference": Tool("lightning_ttt.tools.verify", "verify_reference", "FIXTURE.npz [--dtype float64]"),
     "prepare": Tool("lightning_ttt.data.prepare", "prepare_command", "SOURCE... --out DIR [--tokenizer T]"),
     "export": Tool("lightning_ttt.infer.cli", "export", "CKPT --out DIR"),
+    "import-jax": Tool("lightning_ttt.convert.cli", "import_jax_command",
+                       "ROOT --out DIR [--preset NAME | --config FILE] [--step N]"),
+    "verify-import": Tool("lightning_ttt.tools.verify_import", "verify_import_command",
+                          "DIR REFERENCE.npz [--dtype float64]"),
     "generate": Tool("lightning_ttt.infer.cli", "generate", "(--ckpt CKPT | --model-dir DIR) [--prompt-file F]"),
     "plan": Tool("lightning_ttt.tools.plan", "plan_command", "--config RECIPE [--config ...]"),
-    "bench": Tool("lightning_ttt.infer.bench", "bench", "[--lengths 1024 4096 ...]"),
+    "bench": Tool("lightning_ttt.infer.bench", "bench", "[--preset NAME | --model-dir DIR] [--lengths 1024 4096 ...]"),
     "niah": Tool("lightning_ttt.eval.niah.cli", "niah", "(--ckpt CKPT | --model-dir DIR) --lengths ... [--haystack F]"),
-    "eval-context": Tool("lightning_ttt.eval.context", "eval_context", "CKPT --lengths 1024 4096 ... --out DIR"),
+    "eval-context": Tool("lightning_ttt.eval.context", "eval_context",
+                         "(CKPT | --model-dir DIR --data-config F) --lengths 1024 4096 ... --out DIR"),
     "sweep": Tool("lightning_ttt.sweep.run", "sweep", "SWEEP.yaml [--dry-run]"),
 }
 

@@ -16,18 +16,30 @@ Sizes come from the paper's Table 3 and the authors' configs (``reference/paper.
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 Method = Literal["fa", "swa", "e2e"]
 METHODS: tuple[str, ...] = ("fa", "swa", "e2e")
 AttentionKernel = Literal["auto", "sdpa", "flash_attn", "explicit"]
 ATTENTION_KERNELS: tuple[str, ...] = typing.get_args(AttentionKernel)
+# An exported model directory (``ttt export``, ``ttt import-jax``): these two files, nothing else.
+EXPORT_FORMAT = "lightning_ttt.export/1"
+EXPORT_CONFIG, EXPORT_WEIGHTS = "config.json", "model.safetensors"
+# Settings a run may change when it starts from saved weights (context extension, inner optimiser,
+# execution policies); every other field defines what the weights compute and must match.
+RUN_SETTINGS = frozenset({"window", "mini_batch", "rope_theta", "inner_lr", "inner_clip", "ilr_init",
+                          "ilr_warmup_steps", "meta_learning", "attention_kernel", "checkpoint_chunks",
+                          "checkpoint_blocks", "init_std", "name"})
+SAME_WEIGHTS_METHODS = frozenset({"fa", "swa"})  # one set of weights, two attention spans
 
-# Llama-3 tokenizer ids used by every paper size.
-_LLAMA3 = dict(vocab_size=128256, bos_id=128000, eos_id=128001)
+# Llama-3 tokenizer ids used by every paper size (and by the authors' released models).
+LLAMA3_VOCAB = dict(vocab_size=128256, bos_id=128000, eos_id=128001)
+LLAMA3_TOKENIZER = "meta-llama/Meta-Llama-3-8B"  # gated on the Hugging Face hub
 _PAPER_GEOMETRY = dict(window=8192, mini_batch=1024, rope_theta=500_000.0)
 
 # name -> architecture; mlp_hidden is the full-attention width, mlp_hidden_e2e the reduced
@@ -38,15 +50,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         vocab_size=258, bos_id=256, eos_id=257, window=128, mini_batch=32, rope_theta=10_000.0,
     ),
     "125m": dict(n_layers=12, d_model=768, n_heads=12, mlp_hidden=2048, mlp_hidden_e2e=1664,
-                 suffix_len=3, **_LLAMA3, **_PAPER_GEOMETRY),
+                 suffix_len=3, **LLAMA3_VOCAB, **_PAPER_GEOMETRY),
     "350m": dict(n_layers=24, d_model=1024, n_heads=16, mlp_hidden=2816, mlp_hidden_e2e=2304,
-                 suffix_len=6, **_LLAMA3, **_PAPER_GEOMETRY),
+                 suffix_len=6, **LLAMA3_VOCAB, **_PAPER_GEOMETRY),
     "760m": dict(n_layers=24, d_model=1536, n_heads=16, mlp_hidden=4096, mlp_hidden_e2e=3328,
-                 suffix_len=6, **_LLAMA3, **_PAPER_GEOMETRY),
+                 suffix_len=6, **LLAMA3_VOCAB, **_PAPER_GEOMETRY),
     "1b": dict(n_layers=24, d_model=2048, n_heads=32, mlp_hidden=5376, mlp_hidden_e2e=4352,
-               suffix_len=6, **_LLAMA3, **_PAPER_GEOMETRY),
+               suffix_len=6, **LLAMA3_VOCAB, **_PAPER_GEOMETRY),
     "3b": dict(n_layers=32, d_model=2560, n_heads=32, mlp_hidden=6912, mlp_hidden_e2e=5632,
-               suffix_len=8, **_LLAMA3, **_PAPER_GEOMETRY),
+               suffix_len=8, **LLAMA3_VOCAB, **_PAPER_GEOMETRY),
 }
 
 
@@ -184,29 +196,54 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def architecture_differences(self, other: ModelConfig) -> list[str]:
+        """Fields outside ``RUN_SETTINGS`` whose values differ (fa and swa count as one method: they
+        share their weights)."""
+        diffs = []
+        for f in dataclasses.fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            same_weights = f.name == "method" and {mine, theirs} <= SAME_WEIGHTS_METHODS
+            if f.name in RUN_SETTINGS or mine == theirs or same_weights:
+                continue
+            diffs.append(f.name)
+        return diffs
+
     # ------------------------------------------------------------------ presets
     @classmethod
-    def from_preset(cls, preset: str = "debug", method: Method = "e2e", **overrides: Any) -> ModelConfig:
-        """Build the named preset for ``method``; ``overrides`` replace single fields."""
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    def from_preset(cls, preset: str | None = "debug", method: Method = "e2e", **overrides: Any) -> ModelConfig:
+        """Build the named preset for ``method``; ``overrides`` replace single fields.
+
+        ``preset`` may also be an exported model directory: its ``config.json`` supplies the
+        architecture (``method`` must be its method, or fa/swa for the other of the two). ``None``
+        starts from the dataclass defaults, so ``overrides`` should then give the whole architecture.
+        """
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-        arch = dict(PRESETS[preset])
-        width_e2e = arch.pop("mlp_hidden_e2e")
-        suffix = arch.pop("suffix_len")
-        if method == "e2e":
-            arch.update(mlp_hidden=width_e2e, suffix_len=suffix)
+        if preset is None:
+            arch: dict[str, Any] = {}
+        elif preset not in PRESETS and (Path(preset) / EXPORT_CONFIG).is_file():
+            arch = cls.from_exported(preset).to_dict()
+            if arch["method"] != method and {arch["method"], method} - SAME_WEIGHTS_METHODS:
+                raise ValueError(f"model.method={method} but the exported model {preset} is method {arch['method']}")
+        elif preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)} "
+                             "or an exported model directory")
         else:
-            arch.update(suffix_len=0)
+            arch = dict(PRESETS[preset], name=f"{preset}-{method}")
+            width_e2e = arch.pop("mlp_hidden_e2e")
+            suffix = arch.pop("suffix_len")
+            if method == "e2e":
+                arch.update(mlp_hidden=width_e2e, suffix_len=suffix)
+            else:
+                arch.update(suffix_len=0)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"unknown model setting(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
-        return cls(**{**arch, "method": method, "name": f"{preset}-{method}", **overrides})
+        return cls(**{**arch, "method": method, **overrides})
 
     @classmethod
-    def from_settings(cls, preset: str, method: Method, overrides: Mapping[str, Any] | None = None, *,
+    def from_settings(cls, preset: str | None, method: Method, overrides: Mapping[str, Any] | None = None, *,
                       vocab_size: int | None = None, bos_id: int | None = None,
                       eos_id: int | None = None) -> ModelConfig:
         """The model of the recipe settings ``model.preset``, ``model.method`` and ``model.config``.
@@ -226,6 +263,33 @@ class ModelConfig:
                 raise ValueError(f"model.config.{name}={merged[name]} contradicts the tokenizer's {name}={value} "
                                  "(data.tokenizer); remove it from model.config")
         return cls.from_preset(preset, method, **merged)
+
+    @classmethod
+    def from_exported(cls, path: str | Path) -> ModelConfig:
+        """The model config recorded in an exported directory's ``config.json``."""
+        settings = read_export_meta(path)["model"]
+        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"{Path(path) / EXPORT_CONFIG} has model settings this version does not know: "
+                             f"{', '.join(unknown)}")
+        return cls(**settings)
+
+
+def read_export_meta(path: str | Path) -> dict[str, Any]:
+    """``config.json`` of an exported model directory: ``{"format", "model": {...}, "tokenizer"}``."""
+    file = Path(path) / EXPORT_CONFIG
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} is not an exported model directory (no {EXPORT_CONFIG})")
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{file} is not readable JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{file} has format {found!r}; expected {EXPORT_FORMAT!r}")
+    if not isinstance(meta.get("model"), dict):
+        raise ValueError(f"{file} has no `model` settings")
+    return meta
 
 
 # ---------------------------------------------------------------------- the recipe's `model.config`

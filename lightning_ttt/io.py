@@ -10,11 +10,20 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
-def default_file_mode() -> int:
-    """The permissions ``open()`` would give a new file (``mkstemp`` makes 0600 ones)."""
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def default_file_mode() -> int:
+    """The permissions ``open()`` would give a new file (``mkstemp`` makes 0600 ones)."""
+    return 0o666 & ~_umask()
+
+
+def default_dir_mode() -> int:
+    """The permissions ``mkdir()`` would give a new directory (``mkdtemp`` makes 0700 ones)."""
+    return 0o777 & ~_umask()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:

@@ -13,12 +13,13 @@ import io
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
+from lightning_ttt.config import ModelConfig, read_export_meta
 from lightning_ttt.data.datamodule import LongContextDataModule
 from lightning_ttt.infer.loading import config_from_hparams, read_checkpoint
 from lightning_ttt.io import atomic_write_json, atomic_write_text, save_figure
-from lightning_ttt.lit.module import module_from_checkpoint
+from lightning_ttt.lit.module import TTTLanguageModel, load_weights, module_from_checkpoint
 from lightning_ttt.lit.trainer import TTTTrainer
 from lightning_ttt.metrics import PositionCurve, plot_nll_by_position, tail_mean, write_position_report
 
@@ -45,13 +46,18 @@ def data_settings(ckpt: dict, data_config: str | None) -> dict[str, Any]:
     return settings
 
 
-def evaluate_length(ckpt: dict, hp: dict[str, Any], data: dict[str, Any], length: int, *, source: str,
+def evaluate_length(build: Callable[[int], TTTLanguageModel], data: dict[str, Any], length: int, *,
                     windows: int | None, batch_tokens: int, last_tokens: int, trainer_kwargs: dict[str, Any],
                     report_stem: Path) -> dict[str, Any]:
-    """Validate the checkpoint at one context length; write its per-position report; return the table row."""
-    module = module_from_checkpoint(ckpt, {**hp, "seq_len": length, "init_from": None}, source)
+    """Validate the model ``build(length)`` returns at one context length; write its per-position report;
+    return the table row."""
+    module = build(length)
     datamodule = LongContextDataModule(**{**data, "seq_len": length, "batch_size": max(1, batch_tokens // length),
                                           "max_val_windows": windows, "num_workers": 0})
+    if datamodule.vocab_size > module.cfg.vocab_size or datamodule.bos_id != module.cfg.bos_id:
+        raise ValueError(f"data.tokenizer={datamodule.tokenizer.name!r} ({datamodule.vocab_size} ids, BOS "
+                         f"{datamodule.bos_id}) does not fit the model (vocab_size {module.cfg.vocab_size}, BOS "
+                         f"{module.cfg.bos_id}); give the model's tokenizer in --data-config")
     trainer = TTTTrainer(logger=False, enable_checkpointing=False, enable_model_summary=False, **trainer_kwargs)
     started = time.perf_counter()
     trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -64,34 +70,76 @@ def evaluate_length(ckpt: dict, hp: dict[str, Any], data: dict[str, Any], length
             "seconds": round(time.perf_counter() - started, 2), "curve": curve}
 
 
-def evaluate_context(ckpt_path: str | Path, lengths: list[int], out_dir: str | Path, *, method: str | None = None,
-                     tokens_per_length: int | None = 262_144, batch_tokens: int = 16_384, last_tokens: int = 512,
-                     data_config: str | None = None, data_overrides: dict[str, Any] | None = None,
-                     trainer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate ``ckpt_path`` at every length; write ``context_eval.{json,csv,png}`` and per-length reports."""
-    _check_lengths(lengths, tokens_per_length, batch_tokens, last_tokens)
+def _checkpoint_source(ckpt_path: str | Path, method: str | None, data_config: str | None):
+    """(model per length, data settings, result header) of a Lightning checkpoint."""
     ckpt, hp = read_checkpoint(ckpt_path)
     if method is not None and method != hp["method"]:
         if {method, hp["method"]} - set(SWAPPABLE_METHODS):
             raise ValueError(f"--method {method}: the checkpoint is method {hp['method']}; only "
                              f"{' and '.join(SWAPPABLE_METHODS)} weights are interchangeable")
         hp = {**hp, "method": method}
-    data = {**data_settings(ckpt, data_config), **(data_overrides or {})}
+    cfg = config_from_hparams(hp, str(ckpt_path))
+    header = {"checkpoint": str(ckpt_path), "method": hp["method"], "preset": hp["preset"],
+              "trained_seq_len": hp.get("seq_len"), "window": cfg.attention_window, "mini_batch": cfg.mini_batch}
+
+    def build(length: int) -> TTTLanguageModel:
+        return module_from_checkpoint(ckpt, {**hp, "seq_len": length, "init_from": None}, str(ckpt_path))
+
+    return build, data_settings(ckpt, data_config), header
+
+
+def _model_dir_source(model_dir: str | Path, method: str | None, data_config: str | None):
+    """(model per length, data settings, result header) of an exported model directory; the data settings
+    come from ``data_config``, its tokenizer by default from the directory."""
+    meta, cfg = read_export_meta(model_dir), ModelConfig.from_exported(model_dir)
+    if method is not None and method != cfg.method and {method, cfg.method} - set(SWAPPABLE_METHODS):
+        raise ValueError(f"--method {method}: {model_dir} is method {cfg.method}; only "
+                         f"{' and '.join(SWAPPABLE_METHODS)} weights are interchangeable")
+    method = method or cfg.method
+    if data_config is None:
+        raise ValueError("--model-dir needs --data-config: a YAML with a `data:` section (sources, tokenizer)")
+    data = data_settings({}, data_config)
+    data.setdefault("tokenizer", meta.get("tokenizer"))
+    if not data["tokenizer"]:
+        raise ValueError(f"{model_dir} records no tokenizer; set data.tokenizer in --data-config")
+
+    def build(length: int) -> TTTLanguageModel:
+        module = TTTLanguageModel(preset=str(model_dir), method=method, seq_len=length)
+        load_weights(module, str(model_dir))
+        return module.eval()
+
+    header = {"checkpoint": str(model_dir), "method": method, "preset": None, "trained_seq_len": None,
+              "window": cfg.replace(method=method).attention_window, "mini_batch": cfg.mini_batch}
+    return build, data, header
+
+
+def evaluate_context(ckpt_path: str | Path | None, lengths: list[int], out_dir: str | Path, *,
+                     method: str | None = None, tokens_per_length: int | None = 262_144, batch_tokens: int = 16_384,
+                     last_tokens: int = 512, data_config: str | None = None,
+                     data_overrides: dict[str, Any] | None = None, trainer_kwargs: dict[str, Any] | None = None,
+                     model_dir: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint (``ckpt_path``) or an exported model directory (``model_dir``) at every
+    length; write ``context_eval.{json,csv,png}`` and per-length reports."""
+    if (ckpt_path is None) == (model_dir is None):
+        raise ValueError("give exactly one of a checkpoint (CKPT) or an exported model directory (--model-dir)")
+    _check_lengths(lengths, tokens_per_length, batch_tokens, last_tokens)
+    if ckpt_path is not None:
+        build, data, header = _checkpoint_source(ckpt_path, method, data_config)
+    else:
+        build, data, header = _model_dir_source(model_dir, method, data_config)
+    data = {**data, **(data_overrides or {})}
     out = Path(out_dir)
     rows, curves = [], {}
     for length in lengths:
         windows = None if tokens_per_length is None else max(1, tokens_per_length // length)
-        print(f"eval-context: {Path(ckpt_path).name} ({hp['method']}) at {length} tokens, "
+        print(f"eval-context: {Path(header['checkpoint']).name} ({header['method']}) at {length} tokens, "
               f"{'all' if windows is None else f'up to {windows}'} validation windows", file=sys.stderr)
-        row = evaluate_length(ckpt, hp, data, length, source=str(ckpt_path), windows=windows,
-                              batch_tokens=batch_tokens, last_tokens=last_tokens,
-                              trainer_kwargs=trainer_kwargs or {}, report_stem=out / f"nll_by_position-{length:06d}")
+        row = evaluate_length(build, data, length, windows=windows, batch_tokens=batch_tokens,
+                              last_tokens=last_tokens, trainer_kwargs=trainer_kwargs or {},
+                              report_stem=out / f"nll_by_position-{length:06d}")
         curves[f"T={length}"] = row.pop("curve")
         rows.append(row)
-    cfg = config_from_hparams(hp, str(ckpt_path))
-    result = {"checkpoint": str(ckpt_path), "method": hp["method"], "preset": hp["preset"],
-              "trained_seq_len": hp.get("seq_len"), "window": cfg.attention_window, "mini_batch": cfg.mini_batch,
-              "rows": rows}
+    result = {**header, "rows": rows}
     _write_outputs(result, curves, out)
     return result
 
@@ -146,11 +194,13 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def eval_context(ckpt: str, /, *, lengths: list[int], out: str, method: Literal["fa", "swa"] | None = None,
-                 tokens_per_length: int = 262_144, batch_tokens: int = 16_384, last_tokens: int = 512,
-                 data_config: str | None = None, min_doc_tokens: int | None = None, accelerator: str = "auto",
-                 precision: str = "32-true", progress: bool = True) -> int:
-    """Evaluate one checkpoint at several context lengths (TTT active for e2e): table, per-position reports, figure.
+def eval_context(ckpt: str | None = None, /, *, lengths: list[int], out: str,
+                 method: Literal["fa", "swa"] | None = None, tokens_per_length: int = 262_144,
+                 batch_tokens: int = 16_384, last_tokens: int = 512, data_config: str | None = None,
+                 min_doc_tokens: int | None = None, accelerator: str = "auto", precision: str = "32-true",
+                 progress: bool = True, model_dir: str | None = None) -> int:
+    """Evaluate one checkpoint or model directory at several context lengths (TTT active for e2e): table,
+    per-position reports, figure.
 
     Args:
         ckpt: Lightning checkpoint (.ckpt) of a TTTLanguageModel.
@@ -165,13 +215,15 @@ def eval_context(ckpt: str, /, *, lengths: list[int], out: str, method: Literal[
         accelerator: Lightning accelerator.
         precision: Lightning precision.
         progress: show Lightning's progress bar (--no-progress: do not).
+        model_dir: an exported model directory (ttt export, ttt import-jax) instead of CKPT; needs
+            --data-config (its tokenizer defaults to the directory's).
     """
     overrides = {} if min_doc_tokens is None else {"min_doc_tokens": min_doc_tokens}
     trainer_kwargs = {"accelerator": accelerator, "devices": 1, "precision": precision,
                       "enable_progress_bar": progress}
     result = evaluate_context(ckpt, lengths, out, method=method, tokens_per_length=tokens_per_length or None,
                               batch_tokens=batch_tokens, last_tokens=last_tokens, data_config=data_config,
-                              data_overrides=overrides, trainer_kwargs=trainer_kwargs)
+                              data_overrides=overrides, trainer_kwargs=trainer_kwargs, model_dir=model_dir)
     print(markdown_table(result["rows"]))
     print(f"wrote {Path(out) / RESULT}, context_eval.csv, context_eval.png and nll_by_position-*.{{json,csv}}")
     return 0

@@ -21,11 +21,13 @@ from typing import Literal
 
 import torch
 
-from lightning_ttt.config import ModelConfig
+from lightning_ttt.config import SAME_WEIGHTS_METHODS, ModelConfig
+from lightning_ttt.infer.loading import load_model_dir
 from lightning_ttt.infer.session import InferenceSession
 from lightning_ttt.model.transformer import Transformer
 
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
+PRESET_GEOMETRY = {"window": 1024, "mini_batch": 128}  # the paper's k = 8192, b = 1024 scaled by 1/8
 
 
 def _rss_mb() -> float:
@@ -42,21 +44,38 @@ class Settings:
     """What every measurement shares (passed to the measuring subprocess as JSON)."""
 
     preset: str = "debug"
-    window: int = 1024
-    mini_batch: int = 128
+    window: int | None = None  # None: 1/8 of the paper's for a preset, the model's own for a directory
+    mini_batch: int | None = None
     decode: int = 128
     piece: int = 4096
     threads: int = 1
     device: str = "cpu"
+    model_dir: str | None = None  # an exported model instead of the preset's random weights
+
+    def config(self, method: str) -> ModelConfig:
+        """The model settings measured for ``method`` (one-line errors for bad ones)."""
+        geometry = {k: v for k, v in (("window", self.window), ("mini_batch", self.mini_batch)) if v is not None}
+        if self.model_dir is None:
+            return ModelConfig.from_preset(self.preset, method, **{**PRESET_GEOMETRY, **geometry})
+        return ModelConfig.from_exported(self.model_dir).replace(method=method, **geometry)  # run settings only
+
+    def model(self, method: str) -> Transformer:
+        """The model to time, in eval mode on the CPU: the preset's random weights or the directory's."""
+        cfg = self.config(method)
+        if self.model_dir is None:
+            return Transformer(cfg).eval()
+        model = load_model_dir(self.model_dir).model
+        model.cfg = cfg
+        return model
 
 
 def measure(method: str, context: int, args: Settings) -> dict:
     """Prefill ``context`` tokens and decode ``args.decode`` more in this process; returns one row."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = ModelConfig.from_preset(args.preset, method, window=args.window, mini_batch=args.mini_batch)
     device = torch.device(args.device)
-    model = Transformer(cfg).to(device).eval()
+    model = args.model(method).to(device)
+    cfg = model.cfg
     session = InferenceSession(model, 1, capacity=context + args.decode)
     gen = torch.Generator().manual_seed(0)
     cuda = device.type == "cuda"
@@ -90,6 +109,18 @@ def run_fresh(method: str, context: int, args: Settings, timeout: float) -> dict
     if proc.returncode:
         raise RuntimeError(f"{method} at {context}: {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def resolve_methods(settings: Settings, methods: Sequence[str] | None) -> list[str]:
+    """The methods to measure; a model directory runs as its own method (or fa <-> swa: same weights)."""
+    if settings.model_dir is None:
+        return list(methods or ("fa", "swa", "e2e"))
+    own = ModelConfig.from_exported(settings.model_dir).method
+    for method in methods or [own]:
+        if method != own and {method, own} - SAME_WEIGHTS_METHODS:
+            raise ValueError(f"--methods {method}: {settings.model_dir} is method {own}; only fa and swa weights are "
+                             "interchangeable")
+    return list(methods or [own])
 
 
 def print_table(rows: list[dict]) -> None:
@@ -131,20 +162,21 @@ def write_tensorboard(rows: list[dict], logdir: Path) -> None:
                 writer.add_scalar(f"infer/{r['method']}/{key}", r[key], global_step=r["context"])
 
 
-def bench(*, methods: Sequence[Literal["fa", "swa", "e2e"]] = ("fa", "swa", "e2e"),
-          lengths: Sequence[int] = DEFAULT_LENGTHS, preset: str = "debug", window: int = 1024, mini_batch: int = 128,
-          decode: int = 128, piece: int = 4096, threads: int = 1, device: str = "cpu", timeout: float = 3600,
-          out: str = "bench-results/infer_speed", tensorboard: str | None = None) -> int:
+def bench(*, methods: Sequence[Literal["fa", "swa", "e2e"]] | None = None, lengths: Sequence[int] = DEFAULT_LENGTHS,
+          preset: str = "debug", model_dir: str | None = None, window: int | None = None,
+          mini_batch: int | None = None, decode: int = 128, piece: int = 4096, threads: int = 1, device: str = "cpu",
+          timeout: float = 3600, out: str = "bench-results/infer_speed", tensorboard: str | None = None) -> int:
     """Inference speed and memory against context length for fa, swa and e2e (prints and plots; never asserts).
 
     Each (method, context) runs in a fresh process; the default geometry is the paper's at 1/8.
 
     Args:
-        methods: methods to measure.
+        methods: methods to measure (default: fa swa e2e for a preset, the model's own for --model-dir).
         lengths: context lengths in tokens.
-        preset: model preset.
-        window: sliding window k.
-        mini_batch: TTT mini-batch b.
+        preset: model preset (random weights).
+        model_dir: an exported model directory (`ttt export`, `ttt import-jax`) instead of a preset.
+        window: sliding window k (default: 1024 for a preset, the model's own for --model-dir).
+        mini_batch: TTT mini-batch b (default: 128 for a preset, the model's own for --model-dir).
         decode: tokens decoded after the prefill.
         piece: prompt tokens fed per call.
         threads: CPU threads.
@@ -153,8 +185,10 @@ def bench(*, methods: Sequence[Literal["fa", "swa", "e2e"]] = ("fa", "swa", "e2e
         out: writes OUT.json and OUT.png.
         tensorboard: also write TensorBoard scalars to this directory.
     """
-    settings = Settings(preset, window, mini_batch, decode, piece, threads, device)
-    ModelConfig.from_preset(preset, "e2e", window=window, mini_batch=mini_batch)  # bad settings: one line, now
+    settings = Settings(preset, window, mini_batch, decode, piece, threads, device, model_dir)
+    methods = resolve_methods(settings, methods)
+    for method in methods:
+        settings.config(method)  # bad settings: one line, now
     rows = []
     for context in sorted(lengths):
         for method in methods:

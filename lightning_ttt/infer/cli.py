@@ -6,10 +6,10 @@ import sys
 
 import torch
 
-from lightning_ttt.data.tokenizer import Tokenizer, load_tokenizer
+from lightning_ttt.data.tokenizer import Tokenizer
 from lightning_ttt.infer.export import export_model
 from lightning_ttt.infer.generate import Generator
-from lightning_ttt.infer.loading import load_any, load_checkpoint
+from lightning_ttt.infer.loading import fitting_tokenizer, load_any, load_checkpoint
 from lightning_ttt.infer.sampling import SamplingConfig
 
 
@@ -26,7 +26,14 @@ def export(ckpt: str, /, *, out: str) -> int:
     return 0
 
 
-def read_prompt(prompt_file: str | None, ids: bool, bos_id: int | None, tokenizer: Tokenizer) -> list[int]:
+class IdsOnly:
+    """Stands in for a tokenizer when a model records none and the prompt is ids: prints ids."""
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(f" {i}" for i in ids)
+
+
+def read_prompt(prompt_file: str | None, ids: bool, bos_id: int | None, tokenizer: Tokenizer | IdsOnly) -> list[int]:
     """Token ids of the prompt in ``prompt_file`` (stdin when None), BOS first unless ``bos_id`` is None."""
     raw = open(prompt_file, "rb").read() if prompt_file else sys.stdin.buffer.read()
     if ids:
@@ -44,7 +51,8 @@ def read_prompt(prompt_file: str | None, ids: bool, bos_id: int | None, tokenize
 def generate(*, ckpt: str | None = None, model_dir: str | None = None, prompt_file: str | None = None,
              ids: bool = False, bos: bool = True, max_new_tokens: int = 256, greedy: bool = False,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-             seed: int | None = None, stop: bool = True, device: str = "cpu", threads: int | None = None) -> int:
+             seed: int | None = None, stop: bool = True, device: str = "cpu", threads: int | None = None,
+             tokenizer: str | None = None) -> int:
     """Generate text, training the fast weights while reading (e2e); streams it to stdout.
 
     Prefill and decode speed go to stderr.
@@ -53,7 +61,7 @@ def generate(*, ckpt: str | None = None, model_dir: str | None = None, prompt_fi
         ckpt: Lightning checkpoint (.ckpt).
         model_dir: directory written by `ttt export` (instead of --ckpt).
         prompt_file: prompt text (default: read stdin).
-        ids: the prompt is whitespace-separated token ids.
+        ids: the prompt is whitespace-separated token ids (without a tokenizer, the output is ids too).
         bos: prepend the BOS id (--no-bos: do not).
         max_new_tokens: tokens to generate.
         greedy: argmax decoding (ignores temperature, top-k and top-p).
@@ -65,6 +73,7 @@ def generate(*, ckpt: str | None = None, model_dir: str | None = None, prompt_fi
         stop: stop at the EOS id (--no-stop: do not).
         device: torch device.
         threads: CPU threads (fewer is often faster on a busy machine).
+        tokenizer: tokenizer.json or hub name replacing the one the model records.
     """
     if max_new_tokens <= 0:
         raise ValueError(f"--max-new-tokens={max_new_tokens} must be >= 1")
@@ -72,8 +81,11 @@ def generate(*, ckpt: str | None = None, model_dir: str | None = None, prompt_fi
         torch.set_num_threads(threads)
     loaded = load_any(ckpt, model_dir)
     model = loaded.model.to(device)
-    tokenizer = load_tokenizer(loaded.tokenizer)
-    prompt = torch.tensor([read_prompt(prompt_file, ids, model.cfg.bos_id if bos else None, tokenizer)])
+    if ids and not (tokenizer or loaded.tokenizer):
+        codec: Tokenizer | IdsOnly = IdsOnly()
+    else:
+        codec = fitting_tokenizer(loaded.tokenizer_spec(tokenizer), model.cfg)
+    prompt = torch.tensor([read_prompt(prompt_file, ids, model.cfg.bos_id if bos else None, codec)])
     sampling = SamplingConfig(greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
                               repetition_penalty=repetition_penalty, stop_ids=(model.cfg.eos_id,) if stop else (),
                               seed=seed)
@@ -83,14 +95,14 @@ def generate(*, ckpt: str | None = None, model_dir: str | None = None, prompt_fi
     def show(tokens: torch.Tensor) -> None:  # decode everything so far; print complete characters only
         nonlocal shown
         generated.append(int(tokens[0]))
-        text = tokenizer.decode(generated)
+        text = codec.decode(generated)
         if not text.endswith("\ufffd"):
             sys.stdout.write(text[shown:])
             sys.stdout.flush()
             shown = len(text)
 
     out = Generator(model, loaded.update).generate(prompt, max_new_tokens, sampling, on_token=show)
-    sys.stdout.write(tokenizer.decode(generated)[shown:] + "\n")
+    sys.stdout.write(codec.decode(generated)[shown:] + "\n")
     print(f"prefill: {out.prompt_tokens} tokens in {out.prefill_s:.3f} s ({out.prefill_tokens_per_s:.1f} tokens/s); "
           f"decode: {out.tokens.shape[1]} tokens in {out.decode_s:.3f} s ({out.decode_tokens_per_s:.1f} tokens/s)",
           file=sys.stderr)

@@ -10,22 +10,29 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from lightning_ttt.infer.loading import CONFIG, FORMAT, WEIGHTS
+from lightning_ttt.config import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS
+from lightning_ttt.io import default_dir_mode, default_file_mode
 from lightning_ttt.model.transformer import Transformer
 
 
-def export_model(model: Transformer, out: str | Path, tokenizer: str = "bytes") -> Path:
-    """Write ``out/`` via a temporary sibling directory renamed into place; ``out`` must not exist."""
+def export_model(model: Transformer, out: str | Path, tokenizer: str | None = "bytes") -> Path:
+    """Write ``out/`` via a temporary sibling directory renamed into place; ``out`` must not exist.
+
+    ``tokenizer`` is recorded for commands that need text (``None``: unknown; they then ask for one).
+    The weights are written from the model's own tensors, without another copy in memory.
+    """
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose a new --out directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        os.chmod(tmp, default_dir_mode())
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        meta = {"format": FORMAT, "model": model.cfg.to_dict(), "tokenizer": tokenizer}
-        (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+        save_file(state, str(tmp / EXPORT_WEIGHTS), metadata={"format": EXPORT_FORMAT})
+        os.chmod(tmp / EXPORT_WEIGHTS, default_file_mode())  # safetensors creates it 0600
+        meta = {"format": EXPORT_FORMAT, "model": model.cfg.to_dict(), "tokenizer": tokenizer}
+        (tmp / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,7 +6,6 @@ Checkpoints are read with ``torch.load(weights_only=True)``; exported directorie
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,20 +13,27 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from lightning_ttt.config import ModelConfig
+from lightning_ttt.config import EXPORT_WEIGHTS, ModelConfig, read_export_meta
+from lightning_ttt.data.tokenizer import Tokenizer, load_tokenizer
 from lightning_ttt.model.transformer import Transformer
 from lightning_ttt.model.weights import load_strict
 from lightning_ttt.ttt.update import UpdateFn, make_update
-
-FORMAT = "lightning_ttt.export/1"
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
 @dataclass
 class LoadedModel:
     model: Transformer  # in eval mode
     update: UpdateFn  # the inner step to use at inference
-    tokenizer: str  # tokenizer spec (``data.tokenizer``), "bytes" when unknown
+    tokenizer: str | None  # tokenizer spec (``data.tokenizer``); None when the source records none
+    source: str = ""  # where it was loaded from, for messages
+
+    def tokenizer_spec(self, override: str | None = None) -> str:
+        """``override`` (a ``--tokenizer``) or the recorded tokenizer; a one-line error when neither exists."""
+        spec = override or self.tokenizer
+        if not spec:
+            raise ValueError(f"{self.source} records no tokenizer; pass --tokenizer (a tokenizer.json file or a "
+                             "Hugging Face hub name)")
+        return spec
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict[str, Any]]:
@@ -68,23 +74,36 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     load_strict(model, model_state(ckpt), str(path))
     model.eval()
     tokenizer = (ckpt.get("datamodule_hyper_parameters") or {}).get("tokenizer", "bytes")
-    return LoadedModel(model, make_update(model.cfg), tokenizer if isinstance(tokenizer, str) else "bytes")
+    return LoadedModel(model, make_update(model.cfg), tokenizer if isinstance(tokenizer, str) else "bytes", str(path))
 
 
 def load_model_dir(path: str | Path, map_location: str = "cpu") -> LoadedModel:
-    """A directory written by ``export_model`` -> model, default inner step, tokenizer spec."""
+    """A directory written by ``export_model`` -> model, default inner step, tokenizer spec.
+
+    The model is built on the meta device and takes the loaded tensors as its parameters, so only
+    one copy of the weights is ever in memory.
+    """
     path = Path(path)
-    if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
-        raise FileNotFoundError(f"{path} is not an exported model directory (needs {CONFIG} and {WEIGHTS})")
-    meta = json.loads((path / CONFIG).read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path / CONFIG} has format {meta.get('format')!r}; expected {FORMAT!r}")
-    cfg = ModelConfig(**meta["model"])
-    state = load_file(str(path / WEIGHTS), device=str(map_location))
-    model = Transformer(cfg).to(next(iter(state.values())).dtype)
-    load_strict(model, state, str(path))
+    meta = read_export_meta(path)
+    if not (path / EXPORT_WEIGHTS).is_file():
+        raise FileNotFoundError(f"{path} is not an exported model directory (no {EXPORT_WEIGHTS})")
+    cfg = ModelConfig.from_exported(path)
+    state = load_file(str(path / EXPORT_WEIGHTS), device=str(map_location))
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    load_strict(model, state, str(path), assign=True)
     model.eval()
-    return LoadedModel(model, make_update(model.cfg), meta.get("tokenizer", "bytes"))
+    return LoadedModel(model, make_update(model.cfg), meta.get("tokenizer", "bytes"), str(path))
+
+
+def fitting_tokenizer(spec: str, cfg: ModelConfig) -> Tokenizer:
+    """Load tokenizer ``spec``; a one-line error when it has more ids than the model or other BOS/EOS ids."""
+    tokenizer = load_tokenizer(spec)
+    if tokenizer.vocab_size > cfg.vocab_size or (tokenizer.bos_id, tokenizer.eos_id) != (cfg.bos_id, cfg.eos_id):
+        raise ValueError(f"tokenizer {spec!r} ({tokenizer.vocab_size} ids, BOS {tokenizer.bos_id}, EOS "
+                         f"{tokenizer.eos_id}) does not fit the model (vocab_size {cfg.vocab_size}, BOS {cfg.bos_id}, "
+                         f"EOS {cfg.eos_id})")
+    return tokenizer
 
 
 def load_any(ckpt: str | None = None, model_dir: str | None = None) -> LoadedModel:

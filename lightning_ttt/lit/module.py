@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from lightning_ttt.config import Method, ModelConfig, ModelSettings, settings_dict
+from lightning_ttt.config import EXPORT_WEIGHTS, NOT_SETTINGS, PRESETS, Method, ModelConfig, ModelSettings, settings_dict
 from lightning_ttt.infer.loading import model_state
 from lightning_ttt.lit.callbacks import PositionReport
 from lightning_ttt.metrics import PositionCurve, PositionNLL, position_report
@@ -31,7 +33,9 @@ class TTTLanguageModel(L.LightningModule):
     """Language model trained as full attention, sliding window, or TTT-E2E.
 
     Args:
-        preset: Architecture preset: debug, 125m, 350m, 760m, 1b or 3b.
+        preset: Architecture preset: debug, 125m, 350m, 760m, 1b or 3b; or an exported model directory whose
+            config.json supplies the architecture (checkpoints then record it whole, with preset null);
+            or null for an architecture given whole in config.
         method: fa (full attention), swa (sliding window) or e2e (test-time training).
         config: Model settings that replace the preset's (window, mini_batch, inner_lr, ...; see ModelConfig).
         seq_len: Training sequence length (linked from data.seq_len by the CLI).
@@ -45,15 +49,17 @@ class TTTLanguageModel(L.LightningModule):
         vocab_size: The tokenizer's vocabulary (linked from data by the CLI); config.vocab_size may pad it.
         bos_id: The tokenizer's BOS id (linked from data by the CLI).
         eos_id: The tokenizer's EOS id (linked from data by the CLI).
-        init_from: A Lightning checkpoint whose weights (only) initialise the model when fit starts
-            (extension fine-tuning); keys and shapes must match exactly.
+        init_from: A Lightning checkpoint or an exported model directory (ttt export, ttt import-jax) whose
+            weights (only) initialise the model when fit starts (extension fine-tuning); keys and shapes must
+            match, and a directory's architecture must be this model's but for run settings (window,
+            mini_batch, rope_theta, the inner optimiser, execution policies).
         position_buckets: Fixed-width position buckets of the per-position NLL report (the log-spaced
             ones start at mini_batch and double).
     """
 
     def __init__(
         self,
-        preset: str = "debug",
+        preset: str | None = "debug",
         method: Method = "e2e",
         config: ModelSettings = ModelSettings(),  # noqa: B008 - never modified
         seq_len: int = 256,
@@ -74,6 +80,9 @@ class TTTLanguageModel(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.cfg = ModelConfig.from_settings(preset, method, config, vocab_size=vocab_size, bos_id=bos_id, eos_id=eos_id)
+        if preset is not None and preset not in PRESETS:  # an exported directory: checkpoints must not depend on it
+            resolved = {k: v for k, v in self.cfg.to_dict().items() if k not in NOT_SETTINGS}
+            self.hparams.update(preset=None, config=resolved)
         self.cfg.check_seq_len(seq_len, "data.seq_len")
         if not 0 <= warmup_fraction < 1:
             raise ValueError(f"model.warmup_fraction={warmup_fraction} must be in [0, 1)")
@@ -241,13 +250,17 @@ def module_from_checkpoint(ckpt: dict[str, Any], hp: dict[str, Any], source: str
 
 
 def load_weights(module: L.LightningModule, path: str) -> None:
-    """Copy ``state_dict`` from a Lightning checkpoint into ``module`` (weights only, strict keys and shapes)."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    except FileNotFoundError:
-        raise ValueError(f"model.init_from={path}: no such checkpoint") from None
-    except (KeyError, TypeError):
-        raise ValueError(f"model.init_from={path}: not a Lightning checkpoint (no state_dict)") from None
+    """Copy the model weights (only) from a Lightning checkpoint or an exported model directory into
+    ``module``: strict keys and shapes; a directory's architecture must also match (``exported_state``)."""
+    if Path(path).is_dir():
+        saved = exported_state(module.cfg, path)
+    else:
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        except FileNotFoundError:
+            raise ValueError(f"model.init_from={path}: no such checkpoint or exported model directory") from None
+        except (KeyError, TypeError):
+            raise ValueError(f"model.init_from={path}: not a Lightning checkpoint (no state_dict)") from None
     own = {k: v for k, v in module.state_dict().items() if k.startswith("model.")}
     saved = {k: v for k, v in saved.items() if k.startswith("model.")}
     missing, unexpected, wrong = state_mismatch(own, saved)
@@ -259,6 +272,24 @@ def load_weights(module: L.LightningModule, path: str) -> None:
         raise ValueError(f"model.init_from={path}: {key} has shape {tuple(saved[key].shape)}, the model "
                          f"{tuple(own[key].shape)}; the checkpoint is for another size or vocabulary")
     module.load_state_dict(saved, strict=False)
+
+
+def exported_state(cfg: ModelConfig, path: str | Path) -> dict[str, Tensor]:
+    """The weights of an exported model directory as ``model.*`` keys, after checking that its recorded
+    architecture equals ``cfg`` in every setting a run cannot change (``config.RUN_SETTINGS``)."""
+    try:
+        theirs = ModelConfig.from_exported(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"model.init_from={path}: {err}") from None
+    diffs = cfg.architecture_differences(theirs)
+    if diffs:
+        detail = ", ".join(f"{name}={getattr(cfg, name)!r} (directory: {getattr(theirs, name)!r})" for name in diffs)
+        raise ValueError(f"model.init_from={path}: this run's model differs from the directory's in {detail}; "
+                         f"set model.preset: {path} (or model.config) to use its architecture")
+    weights = Path(path) / EXPORT_WEIGHTS
+    if not weights.is_file():
+        raise ValueError(f"model.init_from={path}: no {EXPORT_WEIGHTS} in the directory")
+    return {f"model.{name}": tensor for name, tensor in load_file(str(weights)).items()}
 
 
 class WarmupCosine:

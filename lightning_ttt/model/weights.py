@@ -13,8 +13,12 @@ def state_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Ten
     return missing, unexpected, wrong
 
 
-def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy ``state`` into ``model``; keys and shapes must match exactly (``source`` names it in the error)."""
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False) -> None:
+    """Copy ``state`` into ``model``; keys and shapes must match exactly (``source`` names it in the error).
+
+    ``assign`` makes the tensors of ``state`` the model's parameters instead of copying them (for a
+    model built on the meta device: one copy of the weights in memory).
+    """
     missing, unexpected, wrong = state_mismatch(model.state_dict(), state)
     if missing or unexpected or wrong:
         detail = "; ".join(part for part in (
@@ -24,4 +28,4 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
         cfg = getattr(model, "cfg", None)
         what = f" ({cfg.name}, method {cfg.method})" if cfg is not None else ""
         raise ValueError(f"{source} holds weights of another architecture than its config{what}: {detail}")
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=assign)

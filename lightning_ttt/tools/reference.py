@@ -17,19 +17,9 @@ import numpy as np
 import torch
 
 from lightning_ttt.config import ModelConfig
+from lightning_ttt.convert.authors_config import model_config_from_authors
 from lightning_ttt.model.transformer import Transformer
 from lightning_ttt.ttt.update import UpdateFn, effective_inner_lr, make_update
-
-# fixture model setting -> ModelConfig field
-_MODEL_FIELDS = {
-    "vocab_size": "vocab_size", "hidden_size": "d_model", "intermediate_size": "mlp_hidden",
-    "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads", "mini_batch_size": "mini_batch",
-    "sliding_window_size": "window", "rms_norm_eps": "norm_eps", "initializer_range": "init_std",
-    "bos_token_id": "bos_id", "eos_token_id": "eos_id", "rope_theta": "rope_theta", "suffix_len": "suffix_len",
-}
-# fixture settings our model implements only with one value
-_REQUIRED = {"qk_norm": True, "pre_norm": True, "post_norm": True, "tie_word_embeddings": True,
-             "feed_forward_prime": "swiglu", "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 
 
 @dataclass
@@ -56,32 +46,12 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
 
 def mode_from_settings(name: str, settings: dict[str, Any]) -> ReferenceMode:
     """Translate a fixture's ``model``/``training`` settings (overrides applied) into a mode."""
-    model, training = settings["model"], settings["training"]
-    for key, required in _REQUIRED.items():
-        if key in model and model[key] != required:
-            raise ValueError(f"fixture setting model.{key}={model[key]!r} is not supported (expected {required!r})")
-    fields = {ours: model[theirs] for theirs, ours in _MODEL_FIELDS.items() if theirs in model}
-    block = model.get("seq_modeling_block", "SWA")
-    if block not in ("SWA", "self_attention"):
-        raise ValueError(f"fixture setting model.seq_modeling_block={block!r} is not supported (SWA or self_attention)")
-    if block == "self_attention":
-        method = "fa"
-    else:
-        method = "e2e" if model.get("prime", False) and fields.get("suffix_len", 0) > 0 else "swa"
-    if method != "e2e":
-        fields["suffix_len"] = 0
-    train_mode = str(training.get("train_mode", "meta")).split()[0]
-    if train_mode not in ("meta", "pretrain"):
-        raise ValueError(f"fixture setting training.train_mode={train_mode!r} is not supported (meta or pretrain)")
-    inner = training.get("optimizer_inner", {})
-    lr, clip = float(inner.get("lr", 1.0)), float(inner.get("clip_gradient", 1.0))
-    warmup, ilr_init = int(training.get("ilr_warmup_steps", 0)), float(training.get("ilr_init", lr))
-    cfg = ModelConfig(method=method, inner_lr=lr, inner_clip=clip, ilr_init=ilr_init, ilr_warmup_steps=warmup,
-                      meta_learning=train_mode == "meta", attention_kernel="explicit", name=name, **fields)
+    cfg = model_config_from_authors(settings["model"], settings["training"], name=name, where="fixture")
+    cfg = cfg.replace(attention_kernel="explicit")
     step = int(settings.get("outer_step", 0))
-    eff = effective_inner_lr(lr, ilr_init, warmup, step)
-    return ReferenceMode(name, cfg, meta=method == "e2e" and train_mode == "meta", outer_step=step, inner_lr=eff,
-                         ilr_multiplier=eff / lr)
+    eff = effective_inner_lr(cfg.inner_lr, cfg.ilr_init, cfg.ilr_warmup_steps, step)
+    return ReferenceMode(name, cfg, meta=cfg.ttt_in_training, outer_step=step, inner_lr=eff,
+                         ilr_multiplier=eff / cfg.inner_lr)
 
 
 class Fixture:

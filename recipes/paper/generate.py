@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from lightning_ttt.config import LLAMA3_TOKENIZER
+
 HERE = Path(__file__).resolve().parent
 DEVICES = 8          # GPUs per node; the global batch is DEVICES x num_nodes x micro-batch x accumulation
 PRETRAIN_LEN = 8192
@@ -39,7 +41,7 @@ EXT_LR = 4e-4
 EXT_TOKEN_SHARE = 0.05   # extension = 5% of the pretraining tokens at twice the batch tokens
 FA_ROPE_THETA = {16384: 1e6, 32768: 2e6, 65536: 5e6, 131072: 1e7}  # fa beyond 8K; otherwise 500K (the preset)
 E2E_PRETRAIN_ILR = 0.1   # e2e pretraining warms the inner lr up from 0.1x over the first 10% of steps
-TOKENIZER = "meta-llama/Meta-Llama-3-8B"  # gated: `huggingface-cli login` with access granted
+TOKENIZER = LLAMA3_TOKENIZER  # gated: `huggingface-cli login` with access granted
 
 
 def memory(size: str, method: str, seq_len: int) -> tuple[dict, dict]:

@@ -15,10 +15,12 @@ from lightning_ttt.config import ModelSettings
 from lightning_ttt.lit.cli import cli_main
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "data" not in p.relative_to(REPO / "recipes").parts
+RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml")
+                 if not {"data", "released"} & set(p.relative_to(REPO / "recipes").parts)
                  and not p.name.startswith("sweep-"))
 # recipes/data/*.yaml are data fragments stacked on a model recipe; tests/data/test_recipes.py loads them.
 # recipes/**/sweep-*.yaml are `ttt sweep` files; tests/eval/test_sweep.py loads every run they plan.
+# recipes/released/*.yaml are fragments for the authors' released models; tests/convert loads them.
 SMALL = ["--data.seq_len=128", "--data.batch_size=2", "--data.max_val_windows=2", "--trainer.max_steps=2",
          "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1"]
 

@@ -18,7 +18,7 @@ def niah(*, ckpt: str | None = None, model_dir: str | None = None, lengths: Sequ
          depth_samples: int = 20, seed: int = 0, haystack: Sequence[str] | None = None, text_field: str = "text",
          templates: str | None = None, window: int | None = None, answer_tokens: int = 128, out: str = "niah",
          tensorboard: str | None = None, device: str = "cpu", threads: int | None = None,
-         progress: bool = True) -> int:
+         progress: bool = True, tokenizer: str | None = None) -> int:
     """RULER single-needle retrieval (S-NIAH-1/2/3): accuracy per task and length with 95% intervals.
 
     Each sample is also placed inside, straddling or outside the attention window; the report sets
@@ -44,11 +44,13 @@ def niah(*, ckpt: str | None = None, model_dir: str | None = None, lengths: Sequ
         device: torch device.
         threads: CPU threads.
         progress: show a progress bar (--no-progress: do not).
+        tokenizer: tokenizer.json or hub name replacing the one the model records.
     """
     result = run_niah(ckpt=ckpt, model_dir=model_dir, lengths=lengths, tasks=tasks, samples=samples, depths=depths,
                       depth_samples=depth_samples, seed=seed, haystack=haystack, text_field=text_field,
                       templates=templates, window=window, answer_tokens=answer_tokens, out=out,
-                      tensorboard=tensorboard, device=device, threads=threads, progress=progress)
+                      tensorboard=tensorboard, device=device, threads=threads, progress=progress,
+                      tokenizer=tokenizer)
     about = result.about
     shown = about["window"] if about["window"] is not None else "none"
     print(f"{about['model']} (method {about['method']}, window {shown}); "

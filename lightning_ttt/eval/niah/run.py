@@ -59,16 +59,15 @@ def run_niah(*, ckpt: str | None = None, model_dir: str | None = None, lengths: 
              depth_samples: int = 20, seed: int = 0, haystack: Sequence[str] | None = None, text_field: str = "text",
              templates: str | None = None, window: int | None = None, answer_tokens: int = 128, out: str = "niah",
              tensorboard: str | None = None, device: str = "cpu", threads: int | None = None,
-             progress: bool = True) -> Result:
+             progress: bool = True, tokenizer: str | None = None) -> Result:
     """Evaluate a checkpoint (or exported directory) and write the report under ``out``.
 
-    ``window`` defaults to the model's (none for full attention). Bad settings raise ValueError or
-    FileNotFoundError before the model runs.
+    ``window`` defaults to the model's (none for full attention); ``tokenizer`` replaces the one the
+    model records. Bad settings raise ValueError or FileNotFoundError before the model runs.
     """
     import torch
 
-    from lightning_ttt.data.tokenizer import load_tokenizer
-    from lightning_ttt.infer.loading import load_any
+    from lightning_ttt.infer.loading import fitting_tokenizer, load_any
 
     text = Templates.load(templates)
     check_request(tasks, lengths, samples, depths, depth_samples, answer_tokens)
@@ -80,8 +79,8 @@ def run_niah(*, ckpt: str | None = None, model_dir: str | None = None, lengths: 
     cfg = model.cfg
     if window is None:
         window = cfg.attention_window
-    tokenizer = load_tokenizer(loaded.tokenizer)
-    result = evaluate(model_answerer(model, loaded.update, tokenizer, answer_tokens), tokenizer, window, tasks,
+    codec = fitting_tokenizer(loaded.tokenizer_spec(tokenizer), cfg)
+    result = evaluate(model_answerer(model, loaded.update, codec, answer_tokens), codec, window, tasks,
                       lengths, haystacks, text, samples, seed, answer_tokens, depths,
                       depth_samples if depths else 0, progress)
     result.about = {"model": cfg.name, "method": cfg.method, "checkpoint": ckpt or model_dir, **result.about}
