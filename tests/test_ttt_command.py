@@ -82,7 +82,10 @@ def test_tool_errors_exit_2_with_one_line(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith("ttt plan: error: ") and "nope.yaml" in err and len(err.strip().splitlines()) == 1
     assert main(["eval-context", "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip() == "ttt eval-context: error: missing CKPT, --lengths (ttt eval-context --help)"
+    assert capsys.readouterr().err.strip() == "ttt eval-context: error: missing --lengths (ttt eval-context --help)"
+    assert main(["eval-context", "--lengths", "32", "--out", str(tmp_path)]) == 2  # CKPT or --model-dir
+    assert capsys.readouterr().err.strip() == ("ttt eval-context: error: give exactly one of a checkpoint (CKPT) "
+                                               "or an exported model directory (--model-dir)")
 
 
 def test_lightning_settings_errors_exit_2_with_one_line(capsys) -> None:

@@ -74,7 +74,10 @@ def verify_import(model_dir: str | Path, reference: str | Path, dtype: str = "fl
         raise ValueError(f"reference {Path(reference).name}: input_ids, target_tokens and loss_masks must share one "
                          f"[B, T] shape (got {list(ids.shape)}, {list(targets.shape)}, {list(mask.shape)})")
     cfg.check_seq_len(ids.shape[1], "the reference's sequence length")
-    cfg.check_token_ids(int(max(ids.max(), targets.max())), f"reference {Path(reference).name}")
+    largest = int(max(ids.max(), targets.max()))
+    if largest >= cfg.vocab_size:
+        raise ValueError(f"reference {Path(reference).name}: token id {largest} does not fit vocab_size="
+                         f"{cfg.vocab_size} of {model_dir}")
     modes = [mode for mode in MODES if any(key.startswith(f"{mode}.") for key in arrays)]
     if "ttt" in modes and cfg.method != "e2e":
         raise ValueError(f"reference {Path(reference).name} has ttt.* outputs but {model_dir} is method {cfg.method} "

@@ -22,7 +22,7 @@ from lightning_ttt.infer import Generator, SamplingConfig
 from lightning_ttt.infer.loading import load_checkpoint, load_model_dir
 from lightning_ttt.lit.module import TTTLanguageModel, load_weights
 from lightning_ttt.ttt.objective import lm_loss
-from lightning_ttt.ttt.update import effective_inner_lr, sgd_step
+from lightning_ttt.ttt.update import make_update
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,17 +56,16 @@ def test_generate_ids_and_text(imported, word_tokenizer, capsys, monkeypatch):
     assert code == 2 and "does not fit the model (vocab_size 256, BOS 1, EOS 2)" in err
 
 
-def test_niah_with_a_tokenizer(imported, word_tokenizer, word_corpus, tmp_path, capsys, monkeypatch):
-    code, out, err = _cli(capsys, monkeypatch, "niah", "--model-dir", str(imported), "--tokenizer", str(word_tokenizer),
-                          "--lengths", "96", "--depths", "0.5", "--tasks", "niah_2", "--samples", "1", "--corpus",
-                          str(word_corpus), "--out", str(tmp_path / "niah"), "--no-progress")
+def test_niah_with_a_tokenizer(imported, word_tokenizer, tmp_path, capsys, monkeypatch):
+    base = ("niah", "--model-dir", str(imported), "--lengths", "160", "--tasks", "niah_1", "--samples", "2",
+            "--answer-tokens", "8", "--no-progress")
+    code, out, err = _cli(capsys, monkeypatch, *base, "--tokenizer", str(word_tokenizer), "--out", str(tmp_path / "n"))
     assert code == 0, err
     assert "tiny-e2e (method e2e, window 32)" in out
-    rows = [json.loads(line) for line in (tmp_path / "niah" / "samples.jsonl").read_text().splitlines()]
-    assert len(rows) == 1 and rows[0]["length"] == 96 and isinstance(rows[0]["answer"], str)
-    code, _, err = _cli(capsys, monkeypatch, "niah", "--model-dir", str(imported), "--lengths", "96", "--out",
-                        str(tmp_path / "n2"))
-    assert code == 2 and "records no tokenizer" in err
+    rows = [json.loads(line) for line in (tmp_path / "n" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(row["length"] == 160 for row in rows)
+    code, _, err = _cli(capsys, monkeypatch, *base, "--out", str(tmp_path / "n2"))
+    assert code == 2 and "records no tokenizer" in err and len(err.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------- evaluation and speed
@@ -107,6 +106,7 @@ def test_eval_context_on_a_model_directory(imported, word_tokenizer, word_corpus
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow  # a subprocess per measurement
 def test_bench_on_a_model_directory(imported, tmp_path, capsys, monkeypatch):
     code, table, err = _cli(capsys, monkeypatch, "bench", "--model-dir", str(imported), "--lengths", "64", "--decode",
                             "3", "--piece", "48", "--out", str(tmp_path / "bench"))
@@ -137,10 +137,8 @@ def test_one_training_step_starts_from_the_imported_weights(imported):
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu", callbacks=[Check()])
     trainer.fit(module, torch.utils.data.DataLoader(batch, batch_size=2))
-    cfg = module.cfg  # the directory's inner-lr warm-up (ilr_init 0.1 over 480 steps) applies at step 0
-    lr = effective_inner_lr(cfg.inner_lr, cfg.ilr_init, cfg.ilr_warmup_steps, 0)
-    model = load_model_dir(imported).model
-    expected = lm_loss(model, ids, targets, mask, ttt=True, update=lambda f, g: sgd_step(f, g, lr, cfg.inner_clip))
+    model = load_model_dir(imported).model  # the directory's inner-lr warm-up (0.1 over 480 steps) applies at step 0
+    expected = lm_loss(model, ids, targets, mask, ttt=True, update=make_update(module.cfg, outer_step=0))
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(float(expected.loss), abs=1e-5)
     assert not torch.equal(module.model.embed.weight, imported_state["embed.weight"])  # one AdamW step taken
 
@@ -155,7 +153,7 @@ def test_fit_command_from_the_directory(imported, word_tokenizer, word_corpus, t
                                "init_args": {"save_dir": str(tmp_path / "runs"), "name": "ft"}},
                     "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                    "init_args": {"save_last": True, "every_n_train_steps": 1}}]},
-        "model": {"preset": str(model_dir), "method": "e2e", "init_from": str(model_dir), "lr": 1e-4, "config": None},
+        "model": {"preset": str(model_dir), "method": "e2e", "init_from": str(model_dir), "lr": 1e-4},
         "data": {"sources": [str(word_corpus)], "val_sources": [str(word_corpus)], "tokenizer": str(word_tokenizer),
                  "seq_len": 64, "batch_size": 2, "max_val_windows": 2, "min_doc_tokens": 0, "num_workers": 0}}))
     code = main(["fit", "--config", str(REPO / "recipes/debug/e2e.yaml"), "--config", str(run)])
