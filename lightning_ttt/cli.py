@@ -45,6 +45,7 @@ TOOLS: dict[str, Tool] = {
     "verify-reference": Tool("lightning_ttt.tools.verify", "verify_reference", "FIXTURE.npz [--dtype float64]"),
     "prepare": Tool("lightning_ttt.data.prepare", "prepare_command", "SOURCE... --out DIR [--tokenizer T]"),
     "export": Tool("lightning_ttt.infer.cli", "export", "CKPT --out DIR"),
+    "convert-hf": Tool("lightning_ttt.convert.hf", "convert_hf_command", "SOURCE --out DIR --method fa|swa|e2e"),
     "generate": Tool("lightning_ttt.infer.cli", "generate", "(--ckpt CKPT | --model-dir DIR) [--prompt-file F]"),
     "plan": Tool("lightning_ttt.tools.plan", "plan_command", "--config RECIPE [--config ...]"),
     "bench": Tool("lightning_ttt.infer.bench", "bench", "[--lengths 1024 4096 ...]"),

@@ -14,8 +14,13 @@ from lightning_ttt.infer.loading import CONFIG, FORMAT, WEIGHTS
 from lightning_ttt.model.transformer import Transformer
 
 
-def export_model(model: Transformer, out: str | Path, tokenizer: str = "bytes") -> Path:
-    """Write ``out/`` via a temporary sibling directory renamed into place; ``out`` must not exist."""
+def export_model(model: Transformer, out: str | Path, tokenizer: str = "bytes",
+                 files: dict[str, Path] | None = None) -> Path:
+    """Write ``out/`` via a temporary sibling directory renamed into place; ``out`` must not exist.
+
+    ``files`` (name -> source path) are copied in beside the weights, e.g. the ``tokenizer.json``
+    that a relative ``tokenizer`` spec names (resolved against the directory when loading).
+    """
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose a new --out directory")
@@ -26,6 +31,8 @@ def export_model(model: Transformer, out: str | Path, tokenizer: str = "bytes") 
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         meta = {"format": FORMAT, "model": model.cfg.to_dict(), "tokenizer": tokenizer}
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+        for name, source in (files or {}).items():
+            shutil.copyfile(source, tmp / name)
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -84,7 +84,15 @@ def load_model_dir(path: str | Path, map_location: str = "cpu") -> LoadedModel:
     model = Transformer(cfg).to(next(iter(state.values())).dtype)
     load_strict(model, state, str(path))
     model.eval()
-    return LoadedModel(model, make_update(model.cfg), meta.get("tokenizer", "bytes"))
+    return LoadedModel(model, make_update(model.cfg), _tokenizer_in(path, meta.get("tokenizer", "bytes")))
+
+
+def _tokenizer_in(path: Path, spec: str | None) -> str | None:
+    """A relative tokenizer spec naming a file inside the exported directory (``ttt convert-hf`` copies
+    the source's tokenizer.json there) becomes that file's path; any other spec stays as it is."""
+    if spec and not Path(spec).is_absolute() and (path / spec).is_file():
+        return str(path / spec)
+    return spec
 
 
 def load_any(ckpt: str | None = None, model_dir: str | None = None) -> LoadedModel:
