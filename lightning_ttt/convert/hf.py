@@ -26,6 +26,7 @@ from typing import Any, Literal
 import torch
 from safetensors import safe_open
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from lightning_ttt.config import METHODS, Method, ModelConfig
 from lightning_ttt.infer.export import export_model
@@ -48,8 +49,8 @@ def resolve_source(source: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(source, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json",
-                                                              TOKENIZER_FILE]))
+        return Path(snapshot_download(source, allow_patterns=["config.json", "model*.safetensors",
+                                                              "model.safetensors.index.json", TOKENIZER_FILE]))
     except Exception as err:  # offline, unknown or gated repository: one line
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise ValueError(f"{source} is not a local directory and downloading it from the Hugging Face hub failed "
@@ -115,7 +116,7 @@ def _source_window(hf: dict[str, Any], model_type: str, where: str) -> int | Non
 
 def model_config(hf: dict[str, Any], method: str = "fa", *, window: int | None = None, mini_batch: int = 1024,
                  suffix_len: int | None = None, prime_hidden: int | None = None, tied: bool = True,
-                 where: str = "config.json") -> ModelConfig:
+                 where: str = "config.json", name: str | None = None) -> ModelConfig:
     """Our ``ModelConfig`` for the Hugging Face config ``hf`` converted to ``method``.
 
     ``tied``: whether the checkpoint holds no separate ``lm_head`` (used when the config does not say).
@@ -160,7 +161,7 @@ def model_config(hf: dict[str, Any], method: str = "fa", *, window: int | None =
         rope_layout="half", post_norm=False, qk_norm=model_type == "qwen3",
         tie_embeddings=bool(hf.get("tie_word_embeddings", tied)), qkv_bias=model_type == "qwen2",
         prime_hidden=prime_hidden if method == "e2e" else None,
-        name=f"{hf.get('_name_or_path') or model_type}-{method}".rsplit("/", 1)[-1],
+        name=f"{name or model_type}-{method}",
         **_rope_settings(hf, where))
 
 
@@ -219,9 +220,12 @@ class SafetensorsCheckpoint:
         for name in names:
             by_file.setdefault(self.files[name], []).append(name)
         tensors = {}
-        for file, wanted in by_file.items():
-            with safe_open(file, framework="pt") as f:
-                tensors.update({name: f.get_tensor(name) for name in wanted})
+        with tqdm(total=len(names), desc="reading weights", unit="tensor", disable=None) as progress:
+            for file, wanted in by_file.items():
+                with safe_open(file, framework="pt") as f:
+                    for name in wanted:
+                        tensors[name] = f.get_tensor(name)
+                        progress.update()
         return tensors
 
 
@@ -300,7 +304,8 @@ def convert_hf(source: str, out: str | Path, method: str = "e2e", *, window: int
     hf = read_hf_config(path)
     ckpt = SafetensorsCheckpoint(path)
     cfg = model_config(hf, method, window=window, mini_batch=mini_batch, suffix_len=suffix_len,
-                       prime_hidden=prime_hidden, tied="lm_head.weight" not in ckpt, where=str(path / "config.json"))
+                       prime_hidden=prime_hidden, tied="lm_head.weight" not in ckpt, where=str(path / "config.json"),
+                       name=Path(source.rstrip("/")).name)
     files = {}
     if tokenizer is None:
         if not (path / TOKENIZER_FILE).is_file():
@@ -312,7 +317,8 @@ def convert_hf(source: str, out: str | Path, method: str = "e2e", *, window: int
     expected = {name: tensor.shape for name, tensor in model.state_dict().items()}
     state = read_state(ckpt, cfg, expected, path)
     target = DTYPES[dtype] if dtype != "auto" else state["embed.weight"].dtype
-    state = {name: tensor.to(target) for name, tensor in state.items()}
+    for name in state:  # one tensor at a time: never two copies of the whole model
+        state[name] = state[name].to(target)
     if cfg.has_prime:
         state.update(prime_weights(cfg, state, torch.Generator().manual_seed(seed)))
     model.load_state_dict(state, strict=True, assign=True)

@@ -16,7 +16,8 @@ class RMSNorm(nn.RMSNorm):
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype in (torch.float32, torch.float64):
             return super().forward(x)
-        return super().forward(x.float()).to(x.dtype)
+        weight = None if self.weight is None else self.weight.float()  # bf16 weights (an exported model) too
+        return F.rms_norm(x.float(), self.normalized_shape, weight, self.eps).to(x.dtype)
 
 
 class Llama3Scaling(NamedTuple):
