@@ -96,8 +96,12 @@ def _rope_settings(hf: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _token_id(hf: dict[str, Any], name: str) -> int | None:
+    """``bos_token_id``/``eos_token_id``: an int, the first of a list (Llama 3 instruct models list
+    several EOS ids), or None."""
     value = hf.get(name)
-    return value[0] if isinstance(value, list) and value else value if isinstance(value, int) else None
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value if isinstance(value, int) else None
 
 
 def _source_window(hf: dict[str, Any], model_type: str, where: str) -> int | None:
@@ -130,10 +134,10 @@ def model_config(hf: dict[str, Any], method: str = "fa", *, window: int | None =
     act = hf.get("hidden_act", "silu")
     if act != "silu":
         raise ValueError(f"{where}: hidden_act={act!r} is not supported; expected 'silu' (SwiGLU)")
-    for name in ("attention_bias", "mlp_bias"):
-        if hf.get(name):
-            raise ValueError(f"{where}: {name}=true is not supported (biases on "
-                             f"{'every attention projection including o_proj' if name == 'attention_bias' else 'the MLP'})")
+    for setting, where_bias in (("attention_bias", "every attention projection, o_proj included"),
+                                ("mlp_bias", "the MLP projections")):
+        if hf.get(setting):
+            raise ValueError(f"{where}: {setting}=true is not supported (biases on {where_bias})")
     try:
         d_model, n_heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
         arch = dict(vocab_size=int(hf["vocab_size"]), d_model=d_model, n_layers=int(hf["num_hidden_layers"]),
@@ -157,7 +161,7 @@ def model_config(hf: dict[str, Any], method: str = "fa", *, window: int | None =
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)), init_std=float(hf.get("initializer_range", 0.02)),
         bos_id=bos if bos is not None else eos, eos_id=eos if eos is not None else bos,
         n_kv_heads=kv_heads if kv_heads != n_heads else None,
-        head_dim_override=int(head_dim) if head_dim and int(head_dim) != d_model // n_heads else None,
+        head_dim_override=int(head_dim) if head_dim and int(head_dim) * n_heads != d_model else None,
         rope_layout="half", post_norm=False, qk_norm=model_type == "qwen3",
         tie_embeddings=bool(hf.get("tie_word_embeddings", tied)), qkv_bias=model_type == "qwen2",
         prime_hidden=prime_hidden if method == "e2e" else None,

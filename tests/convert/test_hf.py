@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lightning_ttt.cli import main
-from lightning_ttt.convert.hf import convert_hf, to_hf
+from lightning_ttt.convert.hf import convert_hf, model_config, to_hf
 from lightning_ttt.infer import Generator, SamplingConfig
 from lightning_ttt.infer.loading import load_model_dir
 from lightning_ttt.model.transformer import Transformer
@@ -122,6 +122,31 @@ def test_reverse_mapping_gives_the_same_llama(tmp_path):
         assert_relative_close(back(ids).logits, hf(ids).logits)
     with pytest.raises(ValueError, match="prime MLPs"):
         to_hf(convert(src, tmp_path / "e2e", "e2e").model)
+
+
+def test_config_mapping_of_transformers_4_configs():
+    """config.json as transformers 4.x writes it (rope_theta + rope_scaling): Llama-3.2-1B's settings."""
+    llama = {"model_type": "llama", "hidden_size": 2048, "num_attention_heads": 32, "num_key_value_heads": 8,
+             "num_hidden_layers": 16, "intermediate_size": 8192, "vocab_size": 128256, "rms_norm_eps": 1e-5,
+             "rope_theta": 500000.0, "tie_word_embeddings": True, "bos_token_id": 128000,
+             "eos_token_id": [128001, 128008, 128009], "head_dim": 64,
+             "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                              "original_max_position_embeddings": 8192, "rope_type": "llama3"}}
+    cfg = model_config(llama, "e2e", window=8192, mini_batch=1024, name="Llama-3.2-1B")
+    assert (cfg.name, cfg.suffix_len, cfg.kv_heads, cfg.head_dim, cfg.head_dim_override) == ("Llama-3.2-1B-e2e", 4, 8, 64, None)
+    assert (cfg.rope_theta, cfg.rope_scaling, cfg.rope_factor, cfg.rope_original_max_positions) == (5e5, "llama3", 32.0, 8192)
+    assert (cfg.bos_id, cfg.eos_id, cfg.tie_embeddings, cfg.norm_eps) == (128000, 128001, True, 1e-5)
+    qwen = {"model_type": "qwen2", "hidden_size": 896, "num_attention_heads": 14, "num_key_value_heads": 2,
+            "num_hidden_layers": 24, "intermediate_size": 4864, "vocab_size": 151936, "rope_theta": 1e6,
+            "rope_scaling": None, "bos_token_id": None, "eos_token_id": 151643, "use_sliding_window": False,
+            "sliding_window": 32768, "max_window_layers": 21}
+    cfg = model_config(qwen, "swa", window=4096, tied=False)
+    assert (cfg.qkv_bias, cfg.bos_id, cfg.eos_id, cfg.window, cfg.tie_embeddings, cfg.rope_scaling) == \
+        (True, 151643, 151643, 4096, False, "none")
+    with pytest.raises(ValueError, match="rope_type='linear' is not supported"):
+        model_config({**llama, "rope_scaling": {"type": "linear", "factor": 2.0}})
+    with pytest.raises(ValueError, match="neither bos_token_id nor eos_token_id"):
+        model_config({**qwen, "eos_token_id": None})
 
 
 # ---------------------------------------------------------------- TTT-E2E conversion
