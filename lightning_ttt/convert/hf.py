@@ -289,7 +289,7 @@ def prime_weights(cfg: ModelConfig, state: dict[str, Tensor], generator: torch.G
 
 
 # ---------------------------------------------------------------------------- the conversion
-def convert_hf(source: str, out: str | Path, method: str = "e2e", *, window: int | None = None,
+def convert_hf(source: str, out: str | Path, method: str, *, window: int | None = None,
                mini_batch: int = 1024, suffix_len: int | None = None, prime_hidden: int | None = None,
                tokenizer: str | None = None, dtype: str = "auto", seed: int = 0) -> Path:
     """Convert Hugging Face checkpoint ``source`` (directory or hub name) into exported directory ``out``.

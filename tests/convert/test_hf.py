@@ -293,7 +293,8 @@ def test_errors_are_one_line_and_write_nothing(sources, tmp_path, capsys, case):
     src = _copy(sources["llama"][0], tmp_path)
     change(src)
     out = tmp_path / "out" / "model"
-    code, _, err = _run(["convert-hf", str(src), "--out", str(out), "--mini-batch", "4", *args], capsys)
+    method = [] if "--method" in args else ["--method", "e2e"]
+    code, _, err = _run(["convert-hf", str(src), "--out", str(out), "--mini-batch", "4", *method, *args], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
     assert not out.parent.exists() or not list(out.parent.iterdir())  # no temporary directory left behind
@@ -305,15 +306,18 @@ def test_source_specific_errors(sources, tmp_path, capsys):
     assert code == 2 and "sliding_window=8" in err and "--method swa" in err
     qwen = _copy(sources["qwen2"][0], tmp_path, "qwen")
     edit_config(qwen, model_type="llama")  # q/k/v biases have no place in a Llama model
-    code, _, err = _run(["convert-hf", str(qwen), "--out", str(tmp_path / "q"), "--mini-batch", "4"], capsys)
+    code, _, err = _run(["convert-hf", str(qwen), "--out", str(tmp_path / "q"), "--method", "fa"], capsys)
     assert code == 2 and "self_attn.k_proj.bias has no place" in err, err
     edit_config(qwen, model_type="qwen2", use_sliding_window=True, layer_types=["sliding_attention"] * 3)
-    code, _, err = _run(["convert-hf", str(qwen), "--out", str(tmp_path / "q"), "--mini-batch", "4"], capsys)
+    code, _, err = _run(["convert-hf", str(qwen), "--out", str(tmp_path / "q"), "--method", "fa"], capsys)
     assert code == 2 and "use_sliding_window=true" in err, err
     (tmp_path / "taken").mkdir()
-    code, _, err = _run(["convert-hf", str(sources["llama"][0]), "--out", str(tmp_path / "taken")], capsys)
+    code, _, err = _run(["convert-hf", str(sources["llama"][0]), "--out", str(tmp_path / "taken"), "--method", "fa"],
+                        capsys)
     assert code == 2 and "already exists" in err
-    code, _, err = _run(["convert-hf", "no-such-org/no-such-model", "--out", str(tmp_path / "h")], capsys)
+    code, _, err = _run(["convert-hf", "no-such-org/no-such-model", "--out", str(tmp_path / "h"), "--method", "fa"],
+                        capsys)
     assert code == 2 and "no-such-org/no-such-model" in err and len(err.strip().splitlines()) == 1, err
-    code, _, err = _run(["convert-hf", str(tmp_path / "missing"), "--out", str(tmp_path / "h")], capsys)
+    code, _, err = _run(["convert-hf", str(tmp_path / "missing"), "--out", str(tmp_path / "h"), "--method", "fa"],
+                        capsys)
     assert code == 2 and "is not a checkpoint directory" in err
