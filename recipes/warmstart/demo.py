@@ -36,13 +36,14 @@ WINDOW, MINI_BATCH = 64, 32
 # name -> (steps, overrides) of each size; the full size is what the README reports.
 SIZES = {
     "full": dict(pretrain=["--trainer.max_steps=400"], meta=["--trainer.max_steps=150"],
-                 eval_tokens=65536, eval_lengths=[512, 1024], niah=["--lengths", "256", "512", "--samples", "4"]),
+                 eval_tokens=65536, eval_lengths=[512, 1024],
+                 niah=["--lengths", "256", "512", "--tasks", "niah_1", "--samples", "20", "--answer-tokens", "16"]),
     "tiny": dict(pretrain=["--trainer.max_steps=6", "--data.batch_size=4", "--trainer.val_check_interval=6",
                            "--data.max_val_windows=4", "--trainer.limit_val_batches=1"],
                  meta=["--trainer.max_steps=2", "--data.batch_size=2", "--trainer.val_check_interval=2",
                        "--data.max_val_windows=2", "--trainer.limit_val_batches=1"],
-                 eval_tokens=1024, eval_lengths=[512], niah=["--lengths", "128", "--samples", "1",
-                                                              "--depths", "0.5", "--tasks", "niah_1"]),
+                 eval_tokens=1024, eval_lengths=[512],
+                 niah=["--lengths", "128", "--tasks", "niah_1", "--samples", "2", "--answer-tokens", "12"]),
 }
 MODELS = ("original (fa)", "swa conversion", "e2e conversion, before meta-training", "swa, fine-tuned",
           "e2e, meta-trained")
@@ -109,8 +110,8 @@ def evaluate(step: str, source: list[str], out: Path, size: dict) -> dict:
 
 def niah(step: str, source: list[str], out: Path, size: dict) -> None:
     target = out / "niah" / step
-    if not (target / "summary.csv").is_file():
-        run(f"niah-{step}", ["niah", *source, *size["niah"], "--out", str(target)], out)
+    if not (target / "summary.json").is_file():
+        run(f"niah-{step}", ["niah", *source, *size["niah"], "--no-progress", "--out", str(target)], out)
 
 
 def report(out: Path, length: int) -> str:
@@ -130,7 +131,7 @@ def report(out: Path, length: int) -> str:
         curves[label] = curve
         cells = [row["nll"] for row in bucket_means(curve, buckets)] + [bucket_means(curve, [(0, length)])[0]["nll"]]
         lines.append(f"| {label} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
-    table = "\n".join(lines) + "\n"
+    table = "\n".join(lines) + "\n" + "\n" + niah_table(out)
     atomic_write_text(out / "report.md", f"Loss (nats per byte) by token position at context {length}:\n\n{table}")
     fig = plot_nll_by_position(curves, title=f"warm start: NLL by position at {length} tokens", mini_batch=MINI_BATCH,
                                window=WINDOW, bins=48)
@@ -138,6 +139,21 @@ def report(out: Path, length: int) -> str:
     fig.axes[0].legend(fontsize="x-small")
     save_figure(fig, out / "nll_by_position.png")
     return table
+
+
+def niah_table(out: Path) -> str:
+    """NIAH (niah_1) accuracy per prompt length, with the share of needles that lay inside the window."""
+    rows = {}
+    for step, label in (("fa", MODELS[0]), ("swa", MODELS[1]), ("e2e-metatrained", MODELS[4])):
+        for record in json.loads((out / "niah" / step / "summary.json").read_text())["random"]:
+            rows.setdefault(label, {})[record["length"]] = record
+    lengths = sorted({length for records in rows.values() for length in records})
+    lines = ["| NIAH accuracy (niah_1) | " + " | ".join(f"{n} tokens" for n in lengths) + " |",
+             "|---" * (len(lengths) + 1) + "|"]
+    for label, records in rows.items():
+        cells = [f"{records[n]['accuracy']:.2f} ({records[n]['n']} samples)" for n in lengths]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
