@@ -12,7 +12,7 @@ $(BIN)/python:
 
 setup: $(BIN)/python  ## install the package (CPU torch 2.13.0 wheel first, so no CUDA build is pulled)
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[cpu,dev]"
+	$(BIN)/pip install --quiet -e ".[cpu,dev,hf]"
 
 train: setup  ## the main job: TTT-E2E on the debug model, embedded corpus, CPU
 	$(BIN)/ttt fit --config recipes/debug/e2e.yaml

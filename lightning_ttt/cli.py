@@ -49,6 +49,7 @@ TOOLS: dict[str, Tool] = {
                        "ROOT --out DIR [--preset NAME | --config FILE] [--step N]"),
     "verify-import": Tool("lightning_ttt.tools.verify_import", "verify_import_command",
                           "DIR REFERENCE.npz [--dtype float64]"),
+    "convert-hf": Tool("lightning_ttt.convert.hf", "convert_hf_command", "SOURCE --out DIR --method fa|swa|e2e"),
     "generate": Tool("lightning_ttt.infer.cli", "generate", "(--ckpt CKPT | --model-dir DIR) [--prompt-file F]"),
     "plan": Tool("lightning_ttt.tools.plan", "plan_command", "--config RECIPE [--config ...]"),
     "bench": Tool("lightning_ttt.infer.bench", "bench", "[--preset NAME | --model-dir DIR] [--lengths 1024 4096 ...]"),

@@ -11,6 +11,11 @@ the method picks how sequences are modelled:
   train as ordinary weights and TTT runs only at evaluation.
 
 Sizes come from the paper's Table 3 and the authors' configs (``reference/paper.md`` §1.3).
+
+The architecture options of pretrained Llama-family models (grouped-query attention, half-split
+RoPE with Llama-3 frequency scaling, pre-norm only, no QK-norm, an untied head, q/k/v biases, an
+explicit head width) exist for warm starts (``ttt convert-hf``); each is off by default, so the
+defaults are the paper's architecture.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ Method = Literal["fa", "swa", "e2e"]
 METHODS: tuple[str, ...] = ("fa", "swa", "e2e")
 AttentionKernel = Literal["auto", "sdpa", "flash_attn", "explicit"]
 ATTENTION_KERNELS: tuple[str, ...] = typing.get_args(AttentionKernel)
-# An exported model directory (``ttt export``, ``ttt import-jax``): these two files, nothing else.
+# An exported model directory (``ttt export``, ``ttt import-jax``): these two files (and
+# the tokenizer.json that ``ttt convert-hf`` copies beside them).
 EXPORT_FORMAT = "lightning_ttt.export/1"
 EXPORT_CONFIG, EXPORT_WEIGHTS = "config.json", "model.safetensors"
 # Settings a run may change when it starts from saved weights (context extension, inner optimiser,
@@ -36,6 +42,10 @@ RUN_SETTINGS = frozenset({"window", "mini_batch", "rope_theta", "inner_lr", "inn
                           "ilr_warmup_steps", "meta_learning", "attention_kernel", "checkpoint_chunks",
                           "checkpoint_blocks", "init_std", "name"})
 SAME_WEIGHTS_METHODS = frozenset({"fa", "swa"})  # one set of weights, two attention spans
+RopeLayout = Literal["interleaved", "half"]
+ROPE_LAYOUTS: tuple[str, ...] = typing.get_args(RopeLayout)
+RopeScaling = Literal["none", "llama3"]
+ROPE_SCALINGS: tuple[str, ...] = typing.get_args(RopeScaling)
 
 # Llama-3 tokenizer ids used by every paper size (and by the authors' released models).
 LLAMA3_VOCAB = dict(vocab_size=128256, bos_id=128000, eos_id=128001)
@@ -81,6 +91,19 @@ class ModelConfig:
         mini_batch: TTT mini-batch b: tokens per inner SGD step and per loss chunk.
         rope_theta: RoPE base theta.
         norm_eps: RMSNorm epsilon.
+        n_kv_heads: Key/value heads of grouped-query attention (must divide n_heads); null: n_heads.
+        head_dim_override: Width of one attention head when it is not d_model / n_heads (Qwen3); null: d_model / n_heads.
+        rope_layout: RoPE pairs: interleaved (2j, 2j+1), the paper's; or half (j, j + head_dim/2), Hugging Face Llama's.
+        rope_scaling: none, or llama3 (Llama 3.1's frequency-dependent RoPE scaling, set by the four rope_* below).
+        rope_factor: llama3 scaling: long wavelengths are stretched by this factor.
+        rope_low_freq_factor: llama3 scaling: wavelengths above rope_original_max_positions / this are fully scaled.
+        rope_high_freq_factor: llama3 scaling: wavelengths below rope_original_max_positions / this are kept.
+        rope_original_max_positions: llama3 scaling: the context length before scaling.
+        post_norm: RMSNorm on every sublayer's output before the residual add (sandwich norm); false: pre-norm only.
+        qk_norm: RMSNorm on each query and key head before RoPE.
+        tie_embeddings: The output head is the embedding matrix; false: a separate lm_head.
+        qkv_bias: Biases on the query, key and value projections (Qwen2).
+        prime_hidden: Hidden width of the prime MLPs; null: mlp_hidden.
         bos_id: Beginning-of-document token id; targets equal to it are not scored.
         eos_id: End-of-document token id.
         init_std: Standard deviation of the normal initialisation of the embedding and every linear weight.
@@ -106,6 +129,20 @@ class ModelConfig:
     mini_batch: int = 32
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-6
+    # Options of pretrained families (Llama, Qwen, Mistral); the defaults are the paper's architecture.
+    n_kv_heads: int | None = None
+    head_dim_override: int | None = None
+    rope_layout: RopeLayout = "interleaved"
+    rope_scaling: RopeScaling = "none"
+    rope_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_positions: int = 8192
+    post_norm: bool = True
+    qk_norm: bool = True
+    tie_embeddings: bool = True
+    qkv_bias: bool = False
+    prime_hidden: int | None = None
     bos_id: int = 256
     eos_id: int = 257
     init_std: float = 0.02
@@ -132,10 +169,7 @@ class ModelConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "window", "mini_batch"):
             if int(getattr(self, name)) < 1:
                 yield f"{name}={getattr(self, name)} must be >= 1"
-        if self.d_model % max(self.n_heads, 1):
-            yield f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
-        elif (self.d_model // max(self.n_heads, 1)) % 2:
-            yield f"head dim d_model/n_heads={self.d_model // self.n_heads} must be even for RoPE"
+        yield from self._attention_problems()
         if self.method == "e2e":
             if not 1 <= self.suffix_len < self.n_layers:
                 yield (f"suffix_len={self.suffix_len} must be in [1, n_layers-1={self.n_layers - 1}] "
@@ -154,11 +188,47 @@ class ModelConfig:
         if self.attention_kernel not in ATTENTION_KERNELS:
             yield (f"attention_kernel={self.attention_kernel!r} is unknown; "
                    f"expected one of {', '.join(ATTENTION_KERNELS)}")
+        if self.prime_hidden is not None and self.prime_hidden < 1:
+            yield f"prime_hidden={self.prime_hidden} must be >= 1 (or None for mlp_hidden)"
+        if self.norm_eps <= 0:
+            yield f"norm_eps={self.norm_eps} must be > 0"
+
+    def _attention_problems(self):
+        heads = max(self.n_heads, 1)
+        if self.head_dim_override is None:
+            if self.d_model % heads:
+                yield f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
+            elif (self.d_model // heads) % 2:
+                yield f"head dim d_model/n_heads={self.d_model // heads} must be even for RoPE"
+        elif self.head_dim_override < 2 or self.head_dim_override % 2:
+            yield f"head_dim_override={self.head_dim_override} must be an even number >= 2 (RoPE rotates pairs)"
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or heads % self.n_kv_heads):
+            yield f"n_kv_heads={self.n_kv_heads} must be >= 1 and divide n_heads={self.n_heads}"
+        if self.rope_layout not in ROPE_LAYOUTS:
+            yield f"rope_layout={self.rope_layout!r} is unknown; expected one of {', '.join(ROPE_LAYOUTS)}"
+        if self.rope_scaling not in ROPE_SCALINGS:
+            yield f"rope_scaling={self.rope_scaling!r} is unknown; expected one of {', '.join(ROPE_SCALINGS)}"
+        elif self.rope_scaling == "llama3":
+            if self.rope_factor <= 0 or self.rope_original_max_positions < 1:
+                yield (f"rope_factor={self.rope_factor} and rope_original_max_positions="
+                       f"{self.rope_original_max_positions} must be > 0 for rope_scaling=llama3")
+            if not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
+                yield (f"rope_low_freq_factor={self.rope_low_freq_factor} must be > 0 and below "
+                       f"rope_high_freq_factor={self.rope_high_freq_factor} for rope_scaling=llama3")
 
     # ------------------------------------------------------------------ derived
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+        return self.head_dim_override or self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: ``n_kv_heads``, or ``n_heads`` without grouped-query attention."""
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def prime_width(self) -> int:
+        return self.prime_hidden or self.mlp_hidden
 
     @property
     def attention_window(self) -> int | None:

@@ -9,6 +9,13 @@ import torch
 
 from lightning_ttt.lit.module import TTTLanguageModel
 
+# Every Llama-family option at once: grouped-query attention, a head width that is not d_model/n_heads,
+# half-split RoPE with Llama-3 scaling (original context 16 puts a tiny model's frequencies in all three
+# bands), pre-norm only, no QK-norm, an untied head and q/k/v biases. For models with n_heads=2.
+LLAMA_OPTIONS = dict(n_kv_heads=1, head_dim_override=6, rope_layout="half", rope_scaling="llama3", rope_factor=4.0,
+                     rope_original_max_positions=16, post_norm=False, qk_norm=False, tie_embeddings=False,
+                     qkv_bias=True)
+
 
 def randomize_weights(model: torch.nn.Module, std: float) -> torch.nn.Module:
     """Norm scales 1 + 0.2·N(0, 1), matrices N(0, std²): every path (and every inner TTT step) matters."""

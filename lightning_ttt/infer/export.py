@@ -15,10 +15,13 @@ from lightning_ttt.io import default_dir_mode, default_file_mode
 from lightning_ttt.model.transformer import Transformer
 
 
-def export_model(model: Transformer, out: str | Path, tokenizer: str | None = "bytes") -> Path:
+def export_model(model: Transformer, out: str | Path, tokenizer: str | None = "bytes",
+                 files: dict[str, Path] | None = None) -> Path:
     """Write ``out/`` via a temporary sibling directory renamed into place; ``out`` must not exist.
 
     ``tokenizer`` is recorded for commands that need text (``None``: unknown; they then ask for one).
+    ``files`` (name -> source path) are copied in beside the weights, e.g. the ``tokenizer.json``
+    that a relative ``tokenizer`` spec names (resolved against the directory when loading).
     The weights are written from the model's own tensors, without another copy in memory.
     """
     out = Path(out)
@@ -33,6 +36,8 @@ def export_model(model: Transformer, out: str | Path, tokenizer: str | None = "b
         os.chmod(tmp / EXPORT_WEIGHTS, default_file_mode())  # safetensors creates it 0600
         meta = {"format": EXPORT_FORMAT, "model": model.cfg.to_dict(), "tokenizer": tokenizer}
         (tmp / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+        for name, source in (files or {}).items():
+            shutil.copyfile(source, tmp / name)
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -93,7 +93,7 @@ def load_model_dir(path: str | Path, map_location: str = "cpu") -> LoadedModel:
         model = Transformer(cfg)
     load_strict(model, state, str(path), assign=True)
     model.eval()
-    return LoadedModel(model, make_update(model.cfg), meta.get("tokenizer", "bytes"), str(path))
+    return LoadedModel(model, make_update(model.cfg), _tokenizer_in(path, meta.get("tokenizer", "bytes")), str(path))
 
 
 def fitting_tokenizer(spec: str, cfg: ModelConfig) -> Tokenizer:
@@ -104,6 +104,12 @@ def fitting_tokenizer(spec: str, cfg: ModelConfig) -> Tokenizer:
                          f"{tokenizer.eos_id}) does not fit the model (vocab_size {cfg.vocab_size}, BOS {cfg.bos_id}, "
                          f"EOS {cfg.eos_id})")
     return tokenizer
+def _tokenizer_in(path: Path, spec: str | None) -> str | None:
+    """A relative tokenizer spec naming a file inside the exported directory (``ttt convert-hf`` copies
+    the source's tokenizer.json there) becomes that file's path; any other spec stays as it is."""
+    if spec and not Path(spec).is_absolute() and (path / spec).is_file():
+        return str(path / spec)
+    return spec
 
 
 def load_any(ckpt: str | None = None, model_dir: str | None = None) -> LoadedModel:

@@ -64,8 +64,16 @@ def window_mask(q_pos: Tensor, k_pos: Tensor, window: int | None) -> Tensor:
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, kernel: str, causal: bool = False) -> Tensor:
-    """Softmax attention. q: [B, H, tq, hd]; k, v: [B, H, tk, hd]; mask: bool [tq, tk] or None."""
+    """Softmax attention. q: [B, H, tq, hd]; k, v: [B, Hkv, tk, hd]; mask: bool [tq, tk] or None.
+
+    With grouped-query attention (Hkv < H) key/value head g serves query heads g·G .. g·G+G-1
+    (G = H / Hkv), the grouping of Hugging Face's ``repeat_kv``; keys and values are never copied per head.
+    """
+    gqa = k.shape[1] != q.shape[1]
     if kernel == "explicit":
+        if gqa:  # [B, Hkv, G, tq, hd] against [B, Hkv, 1, tk, hd]: broadcast instead of repeating k and v
+            out = attend(q.unflatten(1, (k.shape[1], -1)), k.unsqueeze(2), v.unsqueeze(2), mask, kernel, causal)
+            return out.flatten(1, 2)  # [B, Hkv, G, tq, hd] -> [B, H, tq, hd]
         scores = (q @ k.mT).to(torch.promote_types(q.dtype, torch.float32)) / math.sqrt(q.shape[-1])  # [B, H, tq, tk]
         if causal:
             mask = window_mask(torch.arange(q.shape[-2], device=q.device), torch.arange(k.shape[-2], device=q.device), None)
@@ -74,9 +82,9 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, kernel: str, ca
         return (scores.softmax(-1).to(v.dtype)) @ v
     if kernel == "math":
         with sdpa_kernel([SDPBackend.MATH]):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
     if kernel == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
     raise ValueError(f"attend: unsupported kernel {kernel!r}")
 
 
@@ -94,7 +102,8 @@ def _flash_attn_sequence(q: Tensor, k: Tensor, v: Tensor, window: int | None) ->
 def sequence_attention(q: Tensor, k: Tensor, v: Tensor, window: int | None, kernel: str = "sdpa") -> Tensor:
     """Causal (``window=None``) or sliding-window attention of a whole sequence.
 
-    q, k, v: [B, H, T, hd], already rotated with absolute positions 0..T-1. Returns [B, H, T, hd].
+    q: [B, H, T, hd]; k, v: [B, Hkv, T, hd] (Hkv divides H), already rotated with absolute positions
+    0..T-1. Returns [B, H, T, hd].
     A query at position p sees keys p-window+1 .. p.
     """
     seq_len = q.shape[-2]

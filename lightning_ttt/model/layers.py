@@ -1,6 +1,9 @@
-"""Building blocks: RMSNorm computed in fp32, interleaved-pair RoPE, SwiGLU with swappable weights."""
+"""Building blocks: RMSNorm computed in fp32, RoPE (interleaved or half-split pairs), SwiGLU with swappable weights."""
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -13,23 +16,50 @@ class RMSNorm(nn.RMSNorm):
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype in (torch.float32, torch.float64):
             return super().forward(x)
-        return super().forward(x.float()).to(x.dtype)
+        weight = None if self.weight is None else self.weight.float()  # bf16 weights (an exported model) too
+        return F.rms_norm(x.float(), self.normalized_shape, weight, self.eps).to(x.dtype)
 
 
-def rope(x: Tensor, positions: Tensor, theta: float) -> Tensor:
-    """Rotary embedding, interleaved-pairs variant: dims (2j, 2j+1) rotate by ``pos * theta**(-2j/hd)``.
+class Llama3Scaling(NamedTuple):
+    """Llama 3.1's RoPE frequency scaling: long wavelengths stretched by ``factor``, short ones kept,
+    a smooth blend between ``original_max_positions / high_freq_factor`` and ``/ low_freq_factor``."""
 
-    x: [..., t, hd]; positions: [t]. Angles and rotation run in fp32 (fp64 for fp64 inputs).
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_positions: int
+
+    def apply(self, inv_freq: Tensor) -> Tensor:
+        wavelength = 2 * math.pi / inv_freq
+        context = self.original_max_positions
+        blend = (context / wavelength - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor)
+        blended = (1 - blend) * inv_freq / self.factor + blend * inv_freq
+        scaled = torch.where(wavelength > context / self.low_freq_factor, inv_freq / self.factor, blended)
+        return torch.where(wavelength < context / self.high_freq_factor, inv_freq, scaled)
+
+
+def rope(x: Tensor, positions: Tensor, theta: float, half: bool = False, scaling: Llama3Scaling | None = None) -> Tensor:
+    """Rotary embedding: dimension pair j rotates by ``pos * theta**(-2j/hd)`` (optionally Llama-3 scaled).
+
+    The pairs are ``(2j, 2j+1)`` (interleaved, the default) or ``(j, j + hd/2)`` with ``half=True``
+    (Hugging Face Llama's rotate_half layout). x: [..., t, hd]; positions: [t]. Angles and rotation
+    run in fp32 (fp64 for fp64 inputs).
     """
     dtype, hd = x.dtype, x.shape[-1]
     work = torch.float64 if dtype == torch.float64 else torch.float32
     inv_freq = 1.0 / theta ** (torch.arange(0, hd, 2, device=x.device, dtype=work) / hd)  # [hd/2]
+    if scaling is not None:
+        inv_freq = scaling.apply(inv_freq)
     angles = positions.to(work)[:, None] * inv_freq  # [t, hd/2]
     cos, sin = angles.cos(), angles.sin()
-    cos2 = torch.stack((cos, cos), dim=-1).flatten(-2)  # [t, hd]: c0 c0 c1 c1 ...
-    sin2 = torch.stack((-sin, sin), dim=-1).flatten(-2)  # [t, hd]: -s0 s0 -s1 s1 ...
     x = x.to(work)
-    swapped = x.unflatten(-1, (hd // 2, 2)).flip(-1).flatten(-2)  # [..., t, hd]: pairs (a, b) -> (b, a)
+    if half:
+        cos2, sin2 = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)  # [t, hd]: c0 .. c0 ..
+        swapped = torch.cat((x[..., hd // 2:], x[..., : hd // 2]), dim=-1)  # [..., t, hd]: halves (a, b) -> (b, a)
+    else:
+        cos2 = torch.stack((cos, cos), dim=-1).flatten(-2)  # [t, hd]: c0 c0 c1 c1 ...
+        sin2 = torch.stack((-sin, sin), dim=-1).flatten(-2)  # [t, hd]: -s0 s0 -s1 s1 ...
+        swapped = x.unflatten(-1, (hd // 2, 2)).flip(-1).flatten(-2)  # [..., t, hd]: pairs (a, b) -> (b, a)
     # pair (a, b) -> (a cos - b sin, b cos + a sin): bit-identical to the pairwise form, fewer passes over x
     return (x * cos2 + swapped * sin2).to(dtype)
 

@@ -3,9 +3,15 @@
 The last ``suffix_len`` blocks of an e2e model carry a *prime* MLP between attention and the
 regular MLP. Its weights can be swapped for per-sequence fast weights, which is how the inner
 loop (``lightning_ttt.ttt``) runs these blocks chunk by chunk with a carried window KV cache.
+
+Each of these is the paper's default; the config can switch to the Llama family's choices instead
+(pre-norm only, no QK-norm, half-split RoPE with Llama-3 scaling, grouped-query attention, q/k/v
+biases, an untied head) so that pretrained models can be converted (``lightning_ttt.convert``).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +20,7 @@ from torch import Tensor, nn
 from lightning_ttt.config import ModelConfig
 from lightning_ttt.model.attention import attend, choose_kernel, sequence_attention, window_mask
 from lightning_ttt.model.cache import KVCache
-from lightning_ttt.model.layers import RMSNorm, SwiGLU, rope
+from lightning_ttt.model.layers import Llama3Scaling, RMSNorm, SwiGLU, rope
 
 FastWeights = dict[str, Tensor]  # "blocks.{i}.prime.w{1,2,3}" -> [B, out, in] (or [out, in])
 
@@ -22,24 +28,33 @@ FastWeights = dict[str, Tensor]  # "blocks.{i}.prime.w{1,2,3}" -> [B, out, in] (
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        d, self.n_heads, self.theta = cfg.d_model, cfg.n_heads, cfg.rope_theta
-        self.wq, self.wk, self.wv, self.wo = (nn.Linear(d, d, bias=False) for _ in range(4))
-        self.q_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
-        self.k_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+        d, hd, self.n_heads, self.n_kv_heads = cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.kv_heads
+        self.wq = nn.Linear(d, self.n_heads * hd, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(d, self.n_kv_heads * hd, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(d, self.n_kv_heads * hd, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(self.n_heads * hd, d, bias=False)
+        self.q_norm = RMSNorm(hd, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(hd, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        scaling = None
+        if cfg.rope_scaling == "llama3":
+            scaling = Llama3Scaling(cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
+                                    cfg.rope_original_max_positions)
+        self.rope = partial(rope, theta=cfg.rope_theta, half=cfg.rope_layout == "half", scaling=scaling)
 
     def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x: [B, t, D] -> q, k, v: [B, H, t, hd]; q and k are QK-normed (not rotated)."""
-        split = lambda y: y.unflatten(-1, (self.n_heads, -1)).transpose(1, 2)  # [B, t, D] -> [B, H, t, hd]
-        return self.q_norm(split(self.wq(x))), self.k_norm(split(self.wk(x))), split(self.wv(x))
+        """x: [B, t, D] -> q: [B, H, t, hd], k, v: [B, Hkv, t, hd]; q and k are QK-normed (not rotated)."""
+        split = lambda y, heads: y.unflatten(-1, (heads, -1)).transpose(1, 2)  # [B, t, heads·hd] -> [B, heads, t, hd]
+        q, k, v = split(self.wq(x), self.n_heads), split(self.wk(x), self.n_kv_heads), split(self.wv(x), self.n_kv_heads)
+        return self.q_norm(q), self.k_norm(k), v
 
     def _merge(self, out: Tensor) -> Tensor:
-        return self.wo(out.transpose(1, 2).flatten(-2))  # [B, H, t, hd] -> [B, t, D]
+        return self.wo(out.transpose(1, 2).flatten(-2))  # [B, H, t, hd] -> [B, t, H·hd] -> [B, t, D]
 
     def forward(self, x: Tensor, window: int | None, kernel: str) -> Tensor:
         """Whole sequence, absolute positions 0..T-1."""
         q, k, v = self._heads(x)
         pos = torch.arange(x.shape[1], device=x.device)
-        return self._merge(sequence_attention(rope(q, pos, self.theta), rope(k, pos, self.theta), v, window, kernel))
+        return self._merge(sequence_attention(self.rope(q, pos), self.rope(k, pos), v, window, kernel))
 
     def forward_chunk(self, x: Tensor, cache: KVCache, start: int, window: int | None,
                       kernel: str) -> tuple[Tensor, KVCache]:
@@ -50,27 +65,31 @@ class Attention(nn.Module):
         """
         q, k_new, v_new = self._heads(x)
         chunk, cached = x.shape[1], cache.rows
-        k, v, cache = cache.extend(k_new, v_new)  # [B, H, W+C, hd] each
+        k, v, cache = cache.extend(k_new, v_new)  # [B, Hkv, W+C, hd] each
         local = torch.arange(cached + chunk, device=x.device)
         # drop cache slots before position 0 (masked for every query): same output, less work
         lo = max(0, cached - start)
         mask = window_mask(local[cached:] + start - cached, local[lo:] + start - cached, window)  # [C, W+C-lo]
-        keys = rope(k[:, :, lo:], local[lo:], self.theta)  # [B, H, W+C-lo, hd]
-        out = attend(rope(q, local[cached:], self.theta), keys, v[:, :, lo:], mask, kernel)
+        keys = self.rope(k[:, :, lo:], local[lo:])  # [B, Hkv, W+C-lo, hd]
+        out = attend(self.rope(q, local[cached:]), keys, v[:, :, lo:], mask, kernel)
         return self._merge(out), cache
 
 
 class Block(nn.Module):
-    """x += post(attn(pre(x))); [x += post(prime(pre(x)))]; x += post(mlp(pre(x)))."""
+    """x += post(attn(pre(x))); [x += post(prime(pre(x)))]; x += post(mlp(pre(x))).
+
+    Without ``post_norm`` the post-norms are identities (pre-norm only, as in the Llama family).
+    """
 
     def __init__(self, cfg: ModelConfig, has_prime: bool) -> None:
         super().__init__()
-        norm = lambda dim=cfg.d_model: RMSNorm(dim, eps=cfg.norm_eps)
-        self.seq_norm, self.attn, self.seq_post_norm = norm(), Attention(cfg), norm()
+        norm = lambda: RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        post = lambda: norm() if cfg.post_norm else nn.Identity()
+        self.seq_norm, self.attn, self.seq_post_norm = norm(), Attention(cfg), post()
         self.has_prime = has_prime
         if has_prime:
-            self.prime_norm, self.prime, self.prime_post_norm = norm(), SwiGLU(cfg.d_model, cfg.mlp_hidden), norm()
-        self.ffn_norm, self.mlp, self.ffn_post_norm = norm(), SwiGLU(cfg.d_model, cfg.mlp_hidden), norm()
+            self.prime_norm, self.prime, self.prime_post_norm = norm(), SwiGLU(cfg.d_model, cfg.prime_width), post()
+        self.ffn_norm, self.mlp, self.ffn_post_norm = norm(), SwiGLU(cfg.d_model, cfg.mlp_hidden), post()
 
     def _mlps(self, x: Tensor, prime_weights: dict[str, Tensor] | None) -> Tensor:
         if self.has_prime:
@@ -98,13 +117,16 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, has_prime=i >= cfg.prefix_len and cfg.has_prime)
                                     for i in range(cfg.n_layers))
         self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Plain normal(0, init_std) for the embedding and every linear; norms at 1 (the official init)."""
+        """Plain normal(0, init_std) for the embedding and every linear, zero biases; norms at 1 (the official init)."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=self.cfg.init_std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
             elif isinstance(module, nn.RMSNorm):
                 nn.init.ones_(module.weight)
 
@@ -119,8 +141,9 @@ class Transformer(nn.Module):
 
     # ------------------------------------------------------------------ forward paths
     def logits(self, h: Tensor) -> Tensor:
-        """Tied head: final_norm(h) @ embedᵀ. h: [B, t, D] -> [B, t, V]."""
-        return self.final_norm(h) @ self.embed.weight.T
+        """final_norm(h) @ embedᵀ (tied head) or @ lm_headᵀ. h: [B, t, D] -> [B, t, V]."""
+        head = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        return self.final_norm(h) @ head.T
 
     def forward(self, input_ids: Tensor) -> Tensor:
         """Hidden states after every block, whole sequence, outer weights. [B, T] -> [B, T, D]."""

@@ -74,7 +74,7 @@ def plan(spec: dict[str, Any]) -> dict[str, Any]:
     d, h, L, V, T = cfg.d_model, cfg.mlp_hidden, cfg.n_layers, cfg.vocab_size, seq_len
     w = min(cfg.attention_window or T, T)
     context = w * (1 - w / (2 * T))
-    flops = 6 * n["total"] + 12 * L * d * context + (12 * n["suffix_and_head"] if cfg.ttt_in_training else 0)
+    flops = 6 * n["total"] + 12 * L * cfg.n_heads * cfg.head_dim * context + (12 * n["suffix_and_head"] if cfg.ttt_in_training else 0)
     shard = world if "deepspeed" in strategy else 1
     state = n["total"] * (4 + (4 / shard if "stage_2" in strategy else 4) + (8 / shard if "stage" in strategy else 8))
     tokens = micro * T

@@ -13,6 +13,7 @@ from lightning_ttt.ttt.objective import lm_loss
 from lightning_ttt.ttt.update import make_update
 
 from infer_models import tiny_model
+from tiny_models import LLAMA_OPTIONS  # tests/tiny_models.py
 
 
 def reference(model, seq: torch.Tensor, mask: torch.Tensor | None = None):
@@ -38,10 +39,11 @@ def prompts(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, 11, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.parametrize("options", [{}, LLAMA_OPTIONS], ids=["paper", "llama"])
 @pytest.mark.parametrize("length", [3, 12, 10, 17])
 @pytest.mark.parametrize("method", ["e2e", "swa", "fa"])
-def test_prefill_nll_matches_evaluation(method, length):
-    model = tiny_model(method)
+def test_prefill_nll_matches_evaluation(method, length, options):
+    model = tiny_model(method, **options)
     prompt = prompts(2, length)
     session = InferenceSession(model, 2, capacity=length)
     logits = session.feed(prompt, keep_logits=True)  # [B, T, V]

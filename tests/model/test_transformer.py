@@ -13,7 +13,7 @@ from lightning_ttt.model.checkpointing import checkpoint_blocks
 from lightning_ttt.model.transformer import Transformer
 from lightning_ttt.ttt.objective import lm_loss
 from lightning_ttt.ttt.update import global_norm, make_update
-from tiny_models import randomize_weights  # tests/tiny_models.py
+from tiny_models import LLAMA_OPTIONS, randomize_weights  # tests/tiny_models.py
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -36,12 +36,13 @@ def _batch(cfg, batch=2, seq_len=20, seed=1):
     return inputs, targets, targets != cfg.bos_id
 
 
+@pytest.mark.parametrize("options", [{}, LLAMA_OPTIONS], ids=["paper", "llama"])
 @pytest.mark.parametrize("kernel", ["sdpa", "explicit"])
 @pytest.mark.parametrize("method", ["e2e", "swa"])
-def test_whole_sequence_equals_chunked_with_kv_caches(monkeypatch, kernel, method):
+def test_whole_sequence_equals_chunked_with_kv_caches(monkeypatch, kernel, method, options):
     """SWA over the whole sequence (form i) == every block chunk by chunk with zero-initialised caches (form ii)."""
     monkeypatch.setattr(attention, "QUERY_BLOCK", 5)  # blockwise path with a ragged last block
-    model = small_model(method=method, suffix_len=1 if method == "e2e" else 0, attention_kernel=kernel)
+    model = small_model(method=method, suffix_len=1 if method == "e2e" else 0, attention_kernel=kernel, **options)
     cfg = model.cfg
     ids, _, _ = _batch(cfg, seq_len=20)  # 5 chunks of 4; window 6 > chunk, not a multiple of it
     with torch.no_grad():
@@ -64,9 +65,10 @@ def test_whole_sequence_equals_chunked_with_kv_caches(monkeypatch, kernel, metho
         assert (full(ids) - whole).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("options", [{}, LLAMA_OPTIONS], ids=["paper", "llama"])
 @pytest.mark.parametrize("create_graph", [False, True])
-def test_ttt_with_identity_update_equals_no_ttt(create_graph):
-    model = small_model()
+def test_ttt_with_identity_update_equals_no_ttt(create_graph, options):
+    model = small_model(**options)
     ids, targets, mask = _batch(model.cfg)
     identity = lambda fast, grads: (fast, global_norm(grads))
     plain = lm_loss(model, ids, targets, mask, ttt=False)

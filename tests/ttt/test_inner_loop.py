@@ -13,7 +13,7 @@ from lightning_ttt.config import ModelConfig
 from lightning_ttt.model.transformer import Transformer
 from lightning_ttt.ttt.objective import lm_loss
 from lightning_ttt.ttt.update import clip_scale, effective_inner_lr, global_norm, make_update, sgd_step
-from tiny_models import randomize_weights  # tests/tiny_models.py
+from tiny_models import LLAMA_OPTIONS, randomize_weights  # tests/tiny_models.py
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -150,6 +150,15 @@ def test_meta_gradient_gradcheck(kernel, clip):
         assert (norms < clip / 10).all()  # smooth, unclipped branch everywhere
     else:
         assert (norms > 2 * clip).all()  # clipped branch (derivative of the norm) everywhere
+    fn, inputs = meta_loss_of(model, update_of(model), ids, targets, mask)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_meta_gradient_gradcheck_with_llama_options():
+    """The same check with grouped-query attention, half RoPE, Llama-3 scaling, pre-norm only, no QK-norm,
+    biases and an untied head (the SDPA math kernel with GQA in the second suffix block)."""
+    model = tiny_model(**LLAMA_OPTIONS, inner_clip=0.05)
+    ids, targets, mask = tiny_batch(model.cfg)
     fn, inputs = meta_loss_of(model, update_of(model), ids, targets, mask)
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
