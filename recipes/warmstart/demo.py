@@ -37,13 +37,13 @@ WINDOW, MINI_BATCH = 64, 32
 SIZES = {
     "full": dict(pretrain=["--trainer.max_steps=400"], meta=["--trainer.max_steps=150"],
                  eval_tokens=65536, eval_lengths=[512, 1024],
-                 niah=["--lengths", "256", "512", "--tasks", "niah_1", "--samples", "20", "--answer-tokens", "16"]),
+                 niah=["--lengths", "768", "1024", "--tasks", "niah_1", "--samples", "20", "--answer-tokens", "16"]),
     "tiny": dict(pretrain=["--trainer.max_steps=6", "--data.batch_size=4", "--trainer.val_check_interval=6",
                            "--data.max_val_windows=4", "--trainer.limit_val_batches=1"],
                  meta=["--trainer.max_steps=2", "--data.batch_size=2", "--trainer.val_check_interval=2",
                        "--data.max_val_windows=2", "--trainer.limit_val_batches=1"],
                  eval_tokens=1024, eval_lengths=[512],
-                 niah=["--lengths", "128", "--tasks", "niah_1", "--samples", "2", "--answer-tokens", "12"]),
+                 niah=["--lengths", "768", "--tasks", "niah_1", "--samples", "2", "--answer-tokens", "12"]),
 }
 MODELS = ("original (fa)", "swa conversion", "e2e conversion, before meta-training", "swa, fine-tuned",
           "e2e, meta-trained")
@@ -116,7 +116,7 @@ def niah(step: str, source: list[str], out: Path, size: dict) -> None:
 
 def report(out: Path, length: int) -> str:
     """Loss by position at ``length`` for every model: a markdown table and a figure."""
-    from lightning_ttt.eval.position import PositionCurve, bucket_means, plot_nll_by_position
+    from lightning_ttt.metrics import PositionCurve, bucket_means, plot_nll_by_position
     from lightning_ttt.io import atomic_write_text, save_figure
     import torch
 
