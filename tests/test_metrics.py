@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from ranks import run_ranks  # tests/ranks.py
 from torchmetrics import MeanMetric
 
 from lightning_ttt.metrics import (PositionCurve, PositionNLL, bucket_means, fixed_buckets, log2_buckets, log_binned,
@@ -77,22 +74,18 @@ def test_report_files_hold_both_bucketings_and_the_whole_curve(tmp_path: Path) -
     assert float(rows[0]["nll"]) == pytest.approx(float(curve.nll[:32].mean()), abs=1e-6)
 
 
-def _rank(rank: int, world: int, init: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world, timeout=timedelta(seconds=120))
-    try:
-        position, mean = PositionNLL(40), MeanMetric()
-        for nll, mask in _random_batches(seed=rank):
-            position.update(nll, mask)
-            mean.update(nll[mask])
-        curve = position.compute()
-        torch.save({"nll": curve.nll, "tokens": curve.tokens, "mean": mean.compute()}, os.path.join(out, f"{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _rank(rank: int, world: int) -> dict:
+    position, mean = PositionNLL(40), MeanMetric()
+    for nll, mask in _random_batches(seed=rank):
+        position.update(nll, mask)
+        mean.update(nll[mask])
+    curve = position.compute()
+    return {"nll": curve.nll, "tokens": curve.tokens, "mean": mean.compute()}
 
 
 @pytest.mark.slow  # spawns two processes
 def test_metrics_are_summed_across_ranks(tmp_path: Path) -> None:
-    mp.spawn(_rank, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2, join=True)
+    results = run_ranks(_rank, tmp_path, world=2)
     single, mean = PositionNLL(40), MeanMetric()
     for seed in (0, 1):
         for nll, mask in _random_batches(seed):
@@ -100,7 +93,7 @@ def test_metrics_are_summed_across_ranks(tmp_path: Path) -> None:
             mean.update(nll[mask])
     expected = single.compute()
     for rank in range(2):
-        synced = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
+        synced = results[rank]
         torch.testing.assert_close(synced["nll"], expected.nll)
         torch.testing.assert_close(synced["tokens"], expected.tokens)
         torch.testing.assert_close(synced["mean"], mean.compute())

@@ -163,7 +163,8 @@ def test_e2e_starts_as_the_swa_conversion_and_the_first_step_learns(sources, tmp
     targets = torch.roll(ids, -1, dims=1)
     out = lm_loss(e2e, ids, targets, torch.ones_like(ids), ttt=True, update=loaded.update, keep_logits=True,
                   keep_history=True)
-    torch.testing.assert_close(out.logits[:, :B], swa_logits[:, :B], atol=1e-6, rtol=0)  # the first mini-batch
+    # the first mini-batch: the same model, computed chunk by chunk (float32 rounding only)
+    torch.testing.assert_close(out.logits[:, :B], swa_logits[:, :B], atol=1e-5, rtol=1e-5)
     assert (out.logits[:, B:] - swa_logits[:, B:]).abs().max() > 1e-4  # later ones use the updated prime MLPs
     initial, after_one, after_two = e2e.fast_weights(), out.inner.history[0], out.inner.history[1]
     for block in (1, 2):

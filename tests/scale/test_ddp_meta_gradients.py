@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from ranks import run_ranks  # tests/ranks.py
 from torch.nn.parallel import DistributedDataParallel
 
 from lightning_ttt.lit.module import TTTLanguageModel
@@ -34,19 +31,14 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _worker(rank: int, world: int, init: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
-                            timeout=timedelta(seconds=120))  # a stuck peer fails the test instead of hanging CI
-    try:
-        model = _model()
-        ddp = DistributedDataParallel(model)
-        per = BATCH // world
-        batch = {k: v[rank * per:(rank + 1) * per] for k, v in _batch().items()}
-        loss = ddp(batch, ttt=True, create_graph=True).loss
-        loss.backward()
-        torch.save({"loss": loss.detach(), "grads": _grads(model)}, os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, world: int) -> dict:
+    model = _model()
+    ddp = DistributedDataParallel(model)
+    per = BATCH // world
+    batch = {k: v[rank * per:(rank + 1) * per] for k, v in _batch().items()}
+    loss = ddp(batch, ttt=True, create_graph=True).loss
+    loss.backward()
+    return {"loss": loss.detach(), "grads": _grads(model)}
 
 
 @pytest.mark.slow  # spawns two processes
@@ -56,8 +48,7 @@ def test_two_process_ddp_meta_gradients_match_one_process(tmp_path: Path) -> Non
     loss.backward()
     expected = _grads(model)
     assert any(".prime." in n for n in expected)  # the meta-gradient reaches the fast weights' init
-    mp.spawn(_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = run_ranks(_worker, tmp_path, world=2)
     torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss.detach(), rtol=0, atol=1e-10)
     for result in ranks:
         assert result["grads"].keys() == expected.keys()
