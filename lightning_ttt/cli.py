@@ -210,11 +210,12 @@ def run_tool(command: str, argv: Sequence[str]) -> int:
         return error(command, err)
 
 
-def error(command: str, err: BaseException) -> int:
-    """``ttt <command>: error: <first line of the message>`` on stderr; returns the exit code 2."""
+def error(command: str, err: BaseException, code: int = 2) -> int:
+    """``ttt <command>: error: <first line of the message>`` on stderr; returns the exit ``code``
+    (2: bad settings or input; 1: the run failed, e.g. diverged)."""
     line = (str(err).strip().splitlines() or [type(err).__name__])[0]
     print(f"ttt {command}: error: {line}", file=sys.stderr)
-    return 2
+    return code
 
 
 class _NoTips(logging.Filter):
@@ -247,9 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] in TOOLS:
         return run_tool(argv[0], argv[1:])
     from lightning_ttt.lit.cli import SettingsError, cli_main
+    from lightning_ttt.lit.guard import NonFiniteError
 
     try:
         cli_main(None if from_command_line else argv)
-    except SettingsError as err:  # before training starts; errors while it runs keep their traceback
+    except SettingsError as err:  # before training starts; other errors while it runs keep their traceback
         return error(argv[0], err)
+    except NonFiniteError as err:  # the run diverged: one line naming the step and the quantity
+        return error(argv[0], err, code=1)
     return 0

@@ -21,10 +21,11 @@ from torchmetrics import MeanMetric
 from lightning_ttt.config import EXPORT_WEIGHTS, NOT_SETTINGS, PRESETS, Method, ModelConfig, ModelSettings, settings_dict
 from lightning_ttt.infer.loading import model_state
 from lightning_ttt.lit.callbacks import PositionReport
+from lightning_ttt.lit.guard import NonFiniteGuard, NonFinitePolicy
 from lightning_ttt.metrics import PositionCurve, PositionNLL, position_report
 from lightning_ttt.model.checkpointing import checkpoint_blocks
 from lightning_ttt.model.transformer import FastWeights, Transformer
-from lightning_ttt.model.weights import load_strict, state_mismatch
+from lightning_ttt.model.weights import first_non_finite, load_strict, state_mismatch
 from lightning_ttt.ttt.objective import LMOutput, lm_loss
 from lightning_ttt.ttt.update import effective_inner_lr, make_update
 
@@ -55,6 +56,9 @@ class TTTLanguageModel(L.LightningModule):
             mini_batch, rope_theta, the inner optimiser, execution policies).
         position_buckets: Fixed-width position buckets of the per-position NLL report (the log-spaced
             ones start at mini_batch and double).
+        nonfinite: At the first NaN or Inf in training (outer loss, outer gradient norm, inner gradient norm,
+            fast weights): stop with an error naming the step and the quantity, or skip the batch (no
+            update; counted in train/skipped_batches). Checkpoints with non-finite weights are never written.
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class TTTLanguageModel(L.LightningModule):
         eos_id: int | None = None,
         init_from: str | None = None,
         position_buckets: int = 16,
+        nonfinite: NonFinitePolicy = "stop",
     ) -> None:
         config = settings_dict(config)  # hyper-parameters hold a plain dict: checkpoints load without pickles
         super().__init__()
@@ -86,6 +91,8 @@ class TTTLanguageModel(L.LightningModule):
         self.cfg.check_seq_len(seq_len, "data.seq_len")
         if not 0 <= warmup_fraction < 1:
             raise ValueError(f"model.warmup_fraction={warmup_fraction} must be in [0, 1)")
+        if nonfinite not in ("stop", "skip"):
+            raise ValueError(f"model.nonfinite={nonfinite!r}: expected stop or skip")
         if position_buckets < 1:
             raise ValueError(f"model.position_buckets={position_buckets} must be >= 1")
         self.model = Transformer(self.cfg)
@@ -94,6 +101,7 @@ class TTTLanguageModel(L.LightningModule):
         self.val_position = PositionNLL(seq_len)
         self.last_eval: dict[str, Any] = {}  # the latest validation/test result: loss, nll, ppl, curve
         self._batch_started = 0.0
+        self.step_quantities: dict[str, Any] = {}  # this training step's inner values, for NonFiniteGuard
 
     def configure_model(self) -> None:
         """Execution policies, applied to the built model (torchtitan style)."""
@@ -101,7 +109,7 @@ class TTTLanguageModel(L.LightningModule):
             checkpoint_blocks(self.model)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [PositionReport()]
+        return [PositionReport(), NonFiniteGuard(self.hparams.get("nonfinite", "stop"))]
 
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer.strategy, self.cfg)
@@ -145,8 +153,10 @@ class TTTLanguageModel(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self(batch, ttt=self.cfg.ttt_in_training, create_graph=True)
         self.log("train/loss", out.loss, prog_bar=True)
+        self.step_quantities = {}
         if out.inner is not None:
             norms = out.inner.grad_norm.detach()
+            self.step_quantities = {"inner gradient norm": norms, "fast weights": out.inner.fast}
             self.log_dict({
                 "ttt/inner_grad_norm_mean": norms.mean(), "ttt/inner_grad_norm_max": norms.max(),
                 "ttt/inner_clip_fraction": (norms >= self.cfg.inner_clip).float().mean(),
@@ -271,6 +281,9 @@ def load_weights(module: L.LightningModule, path: str) -> None:
         key = wrong[0]
         raise ValueError(f"model.init_from={path}: {key} has shape {tuple(saved[key].shape)}, the model "
                          f"{tuple(own[key].shape)}; the checkpoint is for another size or vocabulary")
+    bad = first_non_finite(saved)
+    if bad is not None:
+        raise ValueError(f"model.init_from={path}: {bad} holds NaN or Inf (the run that wrote it diverged)")
     module.load_state_dict(saved, strict=False)
 
 

@@ -13,8 +13,17 @@ def state_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Ten
     return missing, unexpected, wrong
 
 
+def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """The first key of ``state`` whose floating-point tensor holds a NaN or an infinity, else None."""
+    for key, tensor in state.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return key
+    return None
+
+
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False) -> None:
-    """Copy ``state`` into ``model``; keys and shapes must match exactly (``source`` names it in the error).
+    """Copy ``state`` into ``model``; keys and shapes must match exactly and every weight must be finite
+    (``source`` names it in the error).
 
     ``assign`` makes the tensors of ``state`` the model's parameters instead of copying them (for a
     model built on the meta device: one copy of the weights in memory).
@@ -28,4 +37,7 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str, a
         cfg = getattr(model, "cfg", None)
         what = f" ({cfg.name}, method {cfg.method})" if cfg is not None else ""
         raise ValueError(f"{source} holds weights of another architecture than its config{what}: {detail}")
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise ValueError(f"{source} holds non-finite weights ({bad} has NaN or Inf): the run that wrote it diverged")
     model.load_state_dict(state, assign=assign)

@@ -24,9 +24,11 @@ def global_norm(grads: FastWeights) -> Tensor:
 
     Differentiable everywhere: a zero gradient (a chunk whose targets are all masked) gets norm 0
     with derivative 0 instead of sqrt's infinite slope, which would turn the meta-gradient into NaN.
+    A non-finite gradient gives a non-finite norm (``!= 0``, not ``> 0``: NaN compares false to
+    everything, and ``> 0`` reported it as 0).
     """
     squared = sum(g.pow(2).flatten(1).sum(-1) for g in grads.values())
-    nonzero = squared > 0
+    nonzero = squared != 0
     return torch.where(nonzero, torch.where(nonzero, squared, 1.0).sqrt(), 0.0)
 
 

@@ -109,7 +109,7 @@ def test_position_report_callback_writes_files_and_the_figure(tmp_path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     module = TTTLanguageModel(method="e2e", seq_len=64, position_buckets=4)
-    assert [type(c).__name__ for c in module.configure_callbacks()] == ["PositionReport"]
+    assert [type(c).__name__ for c in module.configure_callbacks()] == ["PositionReport", "NonFiniteGuard"]
     logger = TensorBoardLogger(tmp_path, name="run", version=0)
     trainer = L.Trainer(logger=logger, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.validate(module, torch.utils.data.DataLoader(_Batches(), batch_size=2))

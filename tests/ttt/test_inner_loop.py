@@ -262,3 +262,15 @@ def test_fully_masked_chunk_keeps_meta_gradient_finite():
     assert out.inner.grad_norm[0, 0] == 0 and torch.isfinite(out.loss)
     grads = torch.autograd.grad(out.loss, list(model.parameters()))
     assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_global_norm_reports_non_finite_gradients_as_non_finite():
+    """A NaN or infinite inner gradient shows in the norm (``ttt/inner_grad_norm_*``), never as 0; a zero
+    gradient still has norm 0 and finite ones their exact L2 norm."""
+    grads = {"a": torch.tensor([[3.0, 0.0], [float("nan"), 1.0], [0.0, 0.0], [float("inf"), 0.0]], dtype=torch.float64),
+             "b": torch.tensor([[4.0], [0.0], [0.0], [1.0]], dtype=torch.float64)}
+    norm = global_norm(grads)
+    assert norm[0] == 5.0 and norm[2] == 0.0
+    assert torch.isnan(norm[1]) and torch.isinf(norm[3])
+    _, reported = sgd_step({k: torch.zeros_like(v) for k, v in grads.items()}, grads, lr=0.1, clip=1.0)
+    assert torch.isnan(reported[1]) and not torch.isfinite(reported[3])
