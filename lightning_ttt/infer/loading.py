@@ -36,13 +36,17 @@ class LoadedModel:
         return spec
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict[str, Any]]:
-    """Safely load a ``TTTLanguageModel`` Lightning checkpoint -> (checkpoint dict, model hyper-parameters)."""
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> tuple[dict, dict[str, Any]]:
+    """Safely load a ``TTTLanguageModel`` Lightning checkpoint -> (checkpoint dict, model hyper-parameters).
+
+    ``mmap`` maps the tensors from the file instead of reading them (to look at a checkpoint cheaply).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # unpickling refused or not a torch file
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise ValueError(f"{path} is not a loadable checkpoint (safe loading: {first})") from None

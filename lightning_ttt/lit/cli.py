@@ -11,6 +11,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning_ttt.config import resolved_settings
 from lightning_ttt.data.datamodule import LongContextDataModule
 from lightning_ttt.lit.module import TTTLanguageModel
+from lightning_ttt.lit.resume import check_resume
 from lightning_ttt.lit.trainer import TTTTrainer
 
 
@@ -57,9 +58,16 @@ class TTTLightningCLI(LightningCLI):
         except ArgumentError as err:
             raise SettingsError(explain(err)) from err
 
+    def _parse_ckpt_path(self) -> None:
+        """Keep the config given: LightningCLI would replace its model settings with the ones saved in
+        ``--ckpt_path`` (silently training another model); ``instantiate_classes`` checks the checkpoint."""
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
+            ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+            if ckpt_path:
+                check_resume(str(ckpt_path), self.model)
         except (ValueError, OSError) as err:
             raise SettingsError(str(err)) from err
 
