@@ -164,6 +164,14 @@ class TTTLanguageModel(L.LightningModule):
             })
         return out.loss
 
+    def on_train_start(self) -> None:
+        """Resumed (``--ckpt_path``): the optimiser and schedule settings are the config's, not the ones
+        restored with the checkpoint's optimiser state (a new lr, end_lr, warm-up, AdamW setting or
+        trainer.max_steps takes effect from the next step)."""
+        if self.trainer.ckpt_path is not None and self.trainer.lr_scheduler_configs:
+            adopt_settings(self.trainer.optimizers[0], self.trainer.lr_scheduler_configs[0].scheduler,
+                           self.configure_optimizers())
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._batch_started = time.perf_counter()
 
@@ -303,6 +311,19 @@ def exported_state(cfg: ModelConfig, path: str | Path) -> dict[str, Tensor]:
     if not weights.is_file():
         raise ValueError(f"model.init_from={path}: no {EXPORT_WEIGHTS} in the directory")
     return {f"model.{name}": tensor for name, tensor in load_file(str(weights)).items()}
+
+
+def adopt_settings(optimizer: torch.optim.Optimizer, scheduler: Any, configured: dict[str, Any]) -> None:
+    """Give ``optimizer`` (state kept) and its LambdaLR ``scheduler`` (position kept) the settings of the
+    freshly ``configured`` optimizer and scheduler (``configure_optimizers``' result)."""
+    fresh, fresh_scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    scheduler.base_lrs = list(fresh_scheduler.base_lrs)
+    scheduler.lr_lambdas = list(fresh_scheduler.lr_lambdas)
+    for group, new, base, factor in zip(optimizer.param_groups, fresh.param_groups, scheduler.base_lrs,
+                                        scheduler.lr_lambdas):
+        group.update({key: new[key] for key in ("betas", "eps", "weight_decay", "initial_lr")})
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 class WarmupCosine:

@@ -75,3 +75,24 @@ def test_the_config_given_wins_over_the_checkpoint_hyperparameters(tmp_path: Pat
     assert cli.model.hparams.lr == 3e-3 and cli.model.cfg.window == 128  # the recipe's, not the checkpoint's
     assert cli.model.cfg.ilr_warmup_steps == 15
     torch.testing.assert_close(cli.model.model.embed.weight, module.model.embed.weight)  # its weights were loaded
+
+
+def test_resumed_fit_follows_the_configured_optimiser_and_schedule(tmp_path: Path) -> None:
+    """A new lr, AdamW setting or trainer.max_steps given on resuming takes effect, instead of the
+    values restored with the checkpoint's optimiser and scheduler state."""
+    torch.manual_seed(0)
+    module = TTTLanguageModel(method="e2e", seq_len=64, lr=1e-3, weight_decay=0.0)
+    batches = [{"input_ids": torch.zeros(64, dtype=torch.long), "targets": torch.ones(64, dtype=torch.long),
+                "loss_mask": torch.ones(64, dtype=torch.bool)}] * 2
+    trainer = TTTTrainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=2))
+    cli = cli_main(["fit", "--config", E2E, *SMALL, "--ckpt_path", str(tmp_path / "last.ckpt"), "--trainer.max_steps=5",
+                    "--model.warmup_fraction=0", f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    assert cli.trainer.global_step == 5
+    (group,) = cli.trainer.optimizers[0].param_groups
+    assert group["initial_lr"] == 3e-3 and group["weight_decay"] == 0.1  # the recipe's, not the checkpoint's
+    scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
+    assert (scheduler.lr_lambdas[0].warmup, scheduler.lr_lambdas[0].total) == (0, 5)
+    assert group["lr"] == pytest.approx(3e-3 * scheduler.lr_lambdas[0](5))
+    assert cli.trainer.optimizers[0].state[next(iter(cli.model.parameters()))]["step"] == 5  # AdamW state resumed
