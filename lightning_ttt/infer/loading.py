@@ -6,6 +6,7 @@ Checkpoints are read with ``torch.load(weights_only=True)``; exported directorie
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not a checkpoint
+        raise ValueError(f"{path} is not a loadable checkpoint (not an archive written by torch.save)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # unpickling refused or not a torch file

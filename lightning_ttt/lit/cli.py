@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from typing import Any
 
 from jsonargparse import ArgumentError, Namespace
@@ -27,6 +29,20 @@ def explain(err: ArgumentError) -> str:
         return message.splitlines()[0]
     detail = re.sub(r"Expected an? <class '(\w+)'>", r"expected \1", key.group(2).splitlines()[0].strip())
     return f"--{key.group(1)}: {detail}"
+
+
+def settings_errors(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """``hook`` (a data or model ``prepare_data``/``setup``, run by the Trainer before any step) with its
+    ``ValueError``/``OSError`` (missing data, a bad strategy, ...) raised as ``SettingsError``."""
+
+    @functools.wraps(hook)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return hook(*args, **kwargs)
+        except (ValueError, OSError) as err:
+            raise SettingsError(str(err)) from err
+
+    return checked
 
 
 class TTTArgumentParser(LightningArgumentParser):
@@ -65,11 +81,18 @@ class TTTLightningCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-            ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
-            if ckpt_path:
-                check_resume(str(ckpt_path), self.model)
         except (ValueError, OSError) as err:
             raise SettingsError(str(err)) from err
+        for component in (self.datamodule, self.model):  # their checks of data, strategy and init_from
+            for hook in ("prepare_data", "setup"):
+                setattr(component, hook, settings_errors(getattr(component, hook)))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """The checkpoint is checked first: a wrong ``--ckpt_path`` is reported before the Trainer starts."""
+        ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+        if ckpt_path:
+            check_resume(str(ckpt_path), self.model)
+        return super().instantiate_trainer(**kwargs)
 
 
 def cli_main(args: ArgsType = None, run: bool = True) -> TTTLightningCLI:

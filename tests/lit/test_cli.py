@@ -92,6 +92,22 @@ def test_bad_settings_fail_with_one_line_naming_the_setting() -> None:
         cli_main(["--config", str(REPO / "recipes/debug/e2e.yaml"), "--data.seq_len=100"], run=False)
 
 
+@pytest.mark.parametrize("args, message", [
+    (["validate", "--data.sources=[nope]"], "ttt validate: error: source 'nope': no such file or directory"),
+    (["fit", "--model.init_from=/nonexistent"],
+     "ttt fit: error: model.init_from=/nonexistent: no such checkpoint or exported model directory"),
+    (["test", "--trainer.max_steps=abc"], "ttt test: error: --trainer.max_steps: expected int. Got value: abc"),
+])
+def test_settings_errors_found_before_training_are_one_line_exit_2(args, message, capsys, tmp_path) -> None:
+    """Errors of the data and model setup (run by the Trainer) are reported like parsing errors."""
+    command, *rest = args
+    code = main([command, "--config", str(REPO / "recipes/debug/e2e.yaml"), *SMALL, *rest,
+                 f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "usage:" not in err
+    assert [line for line in err.splitlines() if line.startswith("ttt ")] == [message]
+
+
 def _fit(method: str, root: Path, *extra: str) -> Path:
     cli_main(["fit", "--config", str(REPO / f"recipes/debug/{method}.yaml"), *SMALL,
               f"--trainer.logger.init_args.save_dir={root}", *extra])
