@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jsonargparse import ArgumentError, Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lightning_ttt.config import resolved_settings
@@ -92,7 +93,10 @@ class TTTLightningCLI(LightningCLI):
         ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
         if ckpt_path:
             check_resume(str(ckpt_path), self.model)
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ModuleNotFoundError) as err:  # e.g. an accelerator this machine lacks
+            raise SettingsError(f"trainer: {str(err).strip()}") from err
 
 
 def cli_main(args: ArgsType = None, run: bool = True) -> TTTLightningCLI:
