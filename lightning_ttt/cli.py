@@ -16,7 +16,8 @@ in the module where it belongs, with a docstring whose first line says what it d
 ``ValueError`` or ``OSError`` (``FileNotFoundError``, ...) for bad settings or input, with a message
 that names the option: the command then prints ``ttt my-tool: error: <message>`` and exits 2. Any
 other exception is a bug and keeps its traceback. Then add one line to ``TOOLS`` below and a test
-that runs the command.
+that runs the command. A tool that describes a run (``ttt plan``) takes ``ttt fit``'s settings instead:
+``fit_settings=True``, and its function gets the arguments as given (``tools.recipe.parse_recipe``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Tool(NamedTuple):
     module: str
     function: str
     synopsis: str  # arguments shown by `ttt --help`
+    fit_settings: bool = False  # takes ``ttt fit``'s settings: the function gets the arguments as they are
 
 
 TOOLS: dict[str, Tool] = {
@@ -51,7 +53,8 @@ TOOLS: dict[str, Tool] = {
                           "DIR REFERENCE.npz [--dtype float64]"),
     "convert-hf": Tool("lightning_ttt.convert.hf", "convert_hf_command", "SOURCE --out DIR --method fa|swa|e2e"),
     "generate": Tool("lightning_ttt.infer.cli", "generate", "(--ckpt CKPT | --model-dir DIR) [--prompt-file F]"),
-    "plan": Tool("lightning_ttt.tools.plan", "plan_command", "--config RECIPE [--config ...]"),
+    "plan": Tool("lightning_ttt.tools.plan", "plan_command", "--config RECIPE [--config ...] [--key value ...]",
+                 fit_settings=True),
     "bench": Tool("lightning_ttt.infer.bench", "bench", "[--preset NAME | --model-dir DIR] [--lengths 1024 4096 ...]"),
     "niah": Tool("lightning_ttt.eval.niah.cli", "niah", "(--ckpt CKPT | --model-dir DIR) --lengths ... [--haystack F]"),
     "eval-context": Tool("lightning_ttt.eval.context", "eval_context",
@@ -201,6 +204,9 @@ def run_tool(command: str, argv: Sequence[str]) -> int:
     """Parse ``argv`` for tool ``command`` and run it; bad settings or input exit 2 with one line."""
     tool = TOOLS[command]
     try:
+        if tool.fit_settings:  # LightningCLI's parser: its own --help, errors as SettingsError (a ValueError)
+            code = getattr(importlib.import_module(tool.module), tool.function)(list(argv))
+            return 0 if code is None else int(code)
         parser = ToolParser(command, getattr(importlib.import_module(tool.module), tool.function))
         if any(arg in ("-h", "--help") for arg in argv):
             parser.parser.print_help()

@@ -63,7 +63,7 @@ def test_bad_options_are_one_line_naming_the_option(argv, message) -> None:
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("command", list(TOOLS))
+@pytest.mark.parametrize("command", [name for name, tool in TOOLS.items() if not tool.fit_settings])
 def test_every_tool_documents_every_option(command: str, capsys) -> None:
     tool = TOOLS[command]
     function = getattr(importlib.import_module(tool.module), tool.function)
@@ -75,6 +75,15 @@ def test_every_tool_documents_every_option(command: str, capsys) -> None:
     assert out.startswith(f"usage: ttt {command}")
     for name, param in inspect.signature(function).parameters.items():
         assert parser.options[name] in out, (command, name)
+
+
+@pytest.mark.parametrize("command", [name for name, tool in TOOLS.items() if tool.fit_settings])
+def test_tools_taking_fit_settings_show_fit_options(command: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit:  # LightningCLI's parser prints its help and exits
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert exit.value.code == 0 and out.startswith(f"usage: ttt {command}")
+    assert all(option in out for option in ("--config", "--model.config.window", "--data.tokenizer", "--trainer.devices"))
 
 
 def test_tool_errors_exit_2_with_one_line(tmp_path, capsys) -> None:
