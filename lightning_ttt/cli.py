@@ -62,7 +62,7 @@ TOOLS: dict[str, Tool] = {
     "sweep": Tool("lightning_ttt.sweep.run", "sweep", "SWEEP.yaml [--dry-run]"),
 }
 
-LIGHTNING = ("fit", "validate", "test", "predict")
+LIGHTNING = ("fit", "validate", "test")  # no predict: the model has no prediction output (ttt generate writes text)
 
 
 def usage() -> str:
@@ -216,10 +216,10 @@ def run_tool(command: str, argv: Sequence[str]) -> int:
         return error(command, err)
 
 
-def error(command: str, err: BaseException) -> int:
+def error(command: str | None, err: BaseException) -> int:
     """``ttt <command>: error: <first line of the message>`` on stderr; returns the exit code 2."""
     line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    print(f"ttt {command}: error: {line}", file=sys.stderr)
+    print(f"ttt {command}: error: {line}" if command else f"ttt: error: {line}", file=sys.stderr)
     return 2
 
 
@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     if argv[0] in TOOLS:
         return run_tool(argv[0], argv[1:])
+    if argv[0] not in LIGHTNING:
+        return error(None, ValueError(f"unknown command {argv[0]!r}; expected one of {', '.join((*LIGHTNING, *TOOLS))}"))
     from lightning_ttt.lit.cli import SettingsError, cli_main
 
     try:

@@ -112,6 +112,23 @@ def test_usage_lists_every_tool(capsys) -> None:
     assert main([]) == 2
 
 
+@pytest.mark.parametrize("command", ["fitt", "predict", "--config"])
+def test_an_unknown_command_lists_every_command_in_one_line(command: str, capsys) -> None:
+    assert main([command]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ttt: error: unknown command {command!r}; expected one of ") and err.count("\n") == 1
+    assert all(name in err for name in ("fit", "validate", "test", *TOOLS))
+
+
+def test_predict_is_not_offered(capsys) -> None:
+    """The model has no prediction output: `predict` is neither a subcommand nor in the usage."""
+    from lightning_ttt.lit.cli import TTTLightningCLI
+
+    assert set(TTTLightningCLI.subcommands()) == {"fit", "validate", "test"}
+    assert main(["--help"]) == 0
+    assert "predict" not in capsys.readouterr().out
+
+
 def test_third_party_deprecations_and_tips_are_quiet_ours_are_not(caplog) -> None:
     import logging
     import warnings
