@@ -1,4 +1,5 @@
-"""A Trainer with this project's defaults: atomic checkpoints, and autograd allowed in evaluation."""
+"""A Trainer with this project's defaults: atomic checkpoints, autograd allowed in evaluation, and no
+empty ``version_N`` folder left by a run that fails before its first step."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 import lightning as L
 
 from lightning_ttt.lit.checkpoint_io import AtomicCheckpointIO
+from lightning_ttt.lit.run_dirs import removing_empty_run_dirs
 
 
 class TTTTrainer(L.Trainer):
@@ -18,3 +20,15 @@ class TTTTrainer(L.Trainer):
         if not any(hasattr(p, "save_checkpoint") for p in plugins) and kwargs.get("strategy") in (None, "auto", "ddp", "ddp_spawn", "single_device"):
             plugins.append(AtomicCheckpointIO())
         super().__init__(*args, inference_mode=inference_mode, plugins=plugins or None, **kwargs)
+
+    def fit(self, *args: Any, **kwargs: Any) -> None:
+        with removing_empty_run_dirs(self):
+            return super().fit(*args, **kwargs)
+
+    def validate(self, *args: Any, **kwargs: Any) -> Any:
+        with removing_empty_run_dirs(self):
+            return super().validate(*args, **kwargs)
+
+    def test(self, *args: Any, **kwargs: Any) -> Any:
+        with removing_empty_run_dirs(self):
+            return super().test(*args, **kwargs)
