@@ -33,6 +33,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
+from lightning_ttt.threads import use_default_threads
+
 INPUT_ERRORS = (ValueError, OSError)  # bad settings or input: one line, exit 2; anything else keeps its traceback
 
 
@@ -250,10 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
+    if argv[0] not in (*LIGHTNING, *TOOLS):
+        return error(None, ValueError(f"unknown command {argv[0]!r}; expected one of {', '.join((*LIGHTNING, *TOOLS))}"))
+    note = use_default_threads()
+    if note and argv[0] in LIGHTNING and not any(a.startswith("--trainer.threads") for a in argv):  # say why
+        print(f"ttt {argv[0]}: {note}", file=sys.stderr)
     if argv[0] in TOOLS:
         return run_tool(argv[0], argv[1:])
-    if argv[0] not in LIGHTNING:
-        return error(None, ValueError(f"unknown command {argv[0]!r}; expected one of {', '.join((*LIGHTNING, *TOOLS))}"))
     from lightning_ttt.lit.cli import SettingsError, cli_main
 
     try:
