@@ -16,7 +16,8 @@ in the module where it belongs, with a docstring whose first line says what it d
 ``ValueError`` or ``OSError`` (``FileNotFoundError``, ...) for bad settings or input, with a message
 that names the option: the command then prints ``ttt my-tool: error: <message>`` and exits 2. Any
 other exception is a bug and keeps its traceback. Then add one line to ``TOOLS`` below and a test
-that runs the command.
+that runs the command. A tool that describes a run (``ttt plan``) takes ``ttt fit``'s settings instead:
+``fit_settings=True``, and its function gets the arguments as given (``tools.recipe.parse_recipe``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
+from lightning_ttt.threads import use_default_threads
+
 INPUT_ERRORS = (ValueError, OSError)  # bad settings or input: one line, exit 2; anything else keeps its traceback
 
 
@@ -39,6 +42,7 @@ class Tool(NamedTuple):
     module: str
     function: str
     synopsis: str  # arguments shown by `ttt --help`
+    fit_settings: bool = False  # takes ``ttt fit``'s settings: the function gets the arguments as they are
 
 
 TOOLS: dict[str, Tool] = {
@@ -51,7 +55,8 @@ TOOLS: dict[str, Tool] = {
                           "DIR REFERENCE.npz [--dtype float64]"),
     "convert-hf": Tool("lightning_ttt.convert.hf", "convert_hf_command", "SOURCE --out DIR --method fa|swa|e2e"),
     "generate": Tool("lightning_ttt.infer.cli", "generate", "(--ckpt CKPT | --model-dir DIR) [--prompt-file F]"),
-    "plan": Tool("lightning_ttt.tools.plan", "plan_command", "--config RECIPE [--config ...]"),
+    "plan": Tool("lightning_ttt.tools.plan", "plan_command", "--config RECIPE [--config ...] [--key value ...]",
+                 fit_settings=True),
     "bench": Tool("lightning_ttt.infer.bench", "bench", "[--preset NAME | --model-dir DIR] [--lengths 1024 4096 ...]"),
     "niah": Tool("lightning_ttt.eval.niah.cli", "niah", "(--ckpt CKPT | --model-dir DIR) --lengths ... [--haystack F]"),
     "eval-context": Tool("lightning_ttt.eval.context", "eval_context",
@@ -59,7 +64,7 @@ TOOLS: dict[str, Tool] = {
     "sweep": Tool("lightning_ttt.sweep.run", "sweep", "SWEEP.yaml [--dry-run]"),
 }
 
-LIGHTNING = ("fit", "validate", "test", "predict")
+LIGHTNING = ("fit", "validate", "test")  # no predict: the model has no prediction output (ttt generate writes text)
 
 
 def usage() -> str:
@@ -201,6 +206,9 @@ def run_tool(command: str, argv: Sequence[str]) -> int:
     """Parse ``argv`` for tool ``command`` and run it; bad settings or input exit 2 with one line."""
     tool = TOOLS[command]
     try:
+        if tool.fit_settings:  # LightningCLI's parser: its own --help, errors as SettingsError (a ValueError)
+            code = getattr(importlib.import_module(tool.module), tool.function)(list(argv))
+            return 0 if code is None else int(code)
         parser = ToolParser(command, getattr(importlib.import_module(tool.module), tool.function))
         if any(arg in ("-h", "--help") for arg in argv):
             parser.parser.print_help()
@@ -210,11 +218,11 @@ def run_tool(command: str, argv: Sequence[str]) -> int:
         return error(command, err)
 
 
-def error(command: str, err: BaseException, code: int = 2) -> int:
+def error(command: str | None, err: BaseException, code: int = 2) -> int:
     """``ttt <command>: error: <first line of the message>`` on stderr; returns the exit ``code``
     (2: bad settings or input; 1: the run failed, e.g. diverged)."""
     line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    print(f"ttt {command}: error: {line}", file=sys.stderr)
+    print(f"ttt {command}: error: {line}" if command else f"ttt: error: {line}", file=sys.stderr)
     return code
 
 
@@ -245,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
+    if argv[0] not in (*LIGHTNING, *TOOLS):
+        return error(None, ValueError(f"unknown command {argv[0]!r}; expected one of {', '.join((*LIGHTNING, *TOOLS))}"))
+    note = use_default_threads()
+    if note and argv[0] in LIGHTNING and not any(a.startswith("--trainer.threads") for a in argv):  # say why
+        print(f"ttt {argv[0]}: {note}", file=sys.stderr)
     if argv[0] in TOOLS:
         return run_tool(argv[0], argv[1:])
     from lightning_ttt.lit.cli import SettingsError, cli_main

@@ -17,12 +17,21 @@ from sweeps import run_sweep, tiny_sweep_spec  # tests/sweeps.py
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))  # `ttt` in tests and their subprocesses
 
 
 @pytest.fixture(scope="session")
 def tiny_fixture() -> Path:
     """The reference fixture in the repository (tests/fixtures/reference_e2e)."""
     return REFERENCE
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """`ttt` commands run in-process set torch's thread count (lightning_ttt.threads); the next test gets it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,7 @@ def test_bad_options_are_one_line_naming_the_option(argv, message) -> None:
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("command", list(TOOLS))
+@pytest.mark.parametrize("command", [name for name, tool in TOOLS.items() if not tool.fit_settings])
 def test_every_tool_documents_every_option(command: str, capsys) -> None:
     tool = TOOLS[command]
     function = getattr(importlib.import_module(tool.module), tool.function)
@@ -75,6 +75,15 @@ def test_every_tool_documents_every_option(command: str, capsys) -> None:
     assert out.startswith(f"usage: ttt {command}")
     for name, param in inspect.signature(function).parameters.items():
         assert parser.options[name] in out, (command, name)
+
+
+@pytest.mark.parametrize("command", [name for name, tool in TOOLS.items() if tool.fit_settings])
+def test_tools_taking_fit_settings_show_fit_options(command: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit:  # LightningCLI's parser prints its help and exits
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert exit.value.code == 0 and out.startswith(f"usage: ttt {command}")
+    assert all(option in out for option in ("--config", "--model.config.window", "--data.tokenizer", "--trainer.devices"))
 
 
 def test_tool_errors_exit_2_with_one_line(tmp_path, capsys) -> None:
@@ -101,6 +110,23 @@ def test_usage_lists_every_tool(capsys) -> None:
     out = capsys.readouterr().out
     assert all(f"  {name}" in out for name in TOOLS) and "fit | validate" in out
     assert main([]) == 2
+
+
+@pytest.mark.parametrize("command", ["fitt", "predict", "--config"])
+def test_an_unknown_command_lists_every_command_in_one_line(command: str, capsys) -> None:
+    assert main([command]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ttt: error: unknown command {command!r}; expected one of ") and err.count("\n") == 1
+    assert all(name in err for name in ("fit", "validate", "test", *TOOLS))
+
+
+def test_predict_is_not_offered(capsys) -> None:
+    """The model has no prediction output: `predict` is neither a subcommand nor in the usage."""
+    from lightning_ttt.lit.cli import TTTLightningCLI
+
+    assert set(TTTLightningCLI.subcommands()) == {"fit", "validate", "test"}
+    assert main(["--help"]) == 0
+    assert "predict" not in capsys.readouterr().out
 
 
 def test_third_party_deprecations_and_tips_are_quiet_ours_are_not(caplog) -> None:

@@ -132,15 +132,21 @@ class LongContextDataModule(L.LightningDataModule):
         else:
             val_records, val_split = (records, "validation") if self.val_fraction > 0 else (None, "")
         if val_records is not None:
-            windows, valid, summary = collect_windows(val_records, self.spec(val_split), self.max_val_windows)
+            windows, valid, summary, documents = collect_windows(val_records, self.spec(val_split),
+                                                                 self.max_val_windows)
             where = f"validation split of {val_records.description}"
+            if documents == 0 and val_split == "validation":  # a small corpus: the hash split drew none of it
+                raise ValueError(f"{where}: data.val_fraction={self.val_fraction} holds out none of its documents "
+                                 "(a hash of each name decides); give validation documents with data.val_sources "
+                                 "(e.g. --data.val_sources '[held_out.txt]'), raise data.val_fraction, or set "
+                                 "data.val_fraction 0 to train without validation")
             if len(windows) == 0:
                 raise ValueError(f"{where}: no validation window: {summary}; lower data.seq_len, raise "
                                  "data.val_fraction or add longer documents")
             rank_zero_info(f"{where}: {summary}")
             self.validation = (windows, valid)
         if stage in (None, "fit"):
-            probe, _, summary = collect_windows(records, self.spec(self.train_split), limit=1)
+            probe, _, summary, _ = collect_windows(records, self.spec(self.train_split), limit=1)
             if len(probe) == 0:
                 raise ValueError(f"train split of {records.description}: no document reaches seq_len + 1 = "
                                  f"{self.seq_len + 1} tokens ({summary}); lower data.seq_len or add longer documents")

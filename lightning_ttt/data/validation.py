@@ -11,10 +11,12 @@ from lightning_ttt.data.sources import Records, first_record
 from lightning_ttt.data.stream import StreamSpec
 
 
-def collect_windows(records: Records, spec: StreamSpec, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+def collect_windows(records: Records, spec: StreamSpec,
+                    limit: int | None = None) -> tuple[np.ndarray, np.ndarray, str, int]:
     """The first ``limit`` windows (all if None) in stream order, their real-token counts, and a summary.
 
-    Returns ``windows`` [N, T+1] int32, ``valid`` [N] int64 and a one-line report of the counts.
+    Returns ``windows`` [N, T+1] int32, ``valid`` [N] int64, a one-line report of the counts and the
+    number of documents of the split that were read.
     """
     reader, packer = spec.reader(records.text_key), spec.packer()
     windows: list[np.ndarray] = []
@@ -34,7 +36,8 @@ def collect_windows(records: Records, spec: StreamSpec, limit: int | None = None
                f"data.min_doc_tokens={spec.min_doc_tokens}, {p['unwindowed']} shorter than a window dropped, "
                f"{p['padded']} windows padded)")
     shape = (len(windows), spec.seq_len + 1)
-    return (np.stack(windows) if windows else np.zeros(shape, np.int32)), np.asarray(valid, dtype=np.int64), summary
+    return (np.stack(windows) if windows else np.zeros(shape, np.int32)), np.asarray(valid, dtype=np.int64), summary, \
+        c.docs
 
 
 class ValidationWindows(Dataset):

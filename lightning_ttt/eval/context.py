@@ -198,7 +198,7 @@ def eval_context(ckpt: str | None = None, /, *, lengths: list[int], out: str,
                  method: Literal["fa", "swa"] | None = None, tokens_per_length: int = 262_144,
                  batch_tokens: int = 16_384, last_tokens: int = 512, data_config: str | None = None,
                  min_doc_tokens: int | None = None, accelerator: str = "auto", precision: str = "32-true",
-                 progress: bool = True, model_dir: str | None = None) -> int:
+                 progress: bool = True, model_dir: str | None = None, threads: int | None = None) -> int:
     """Evaluate one checkpoint or model directory at several context lengths (TTT active for e2e): table,
     per-position reports, figure.
 
@@ -217,10 +217,11 @@ def eval_context(ckpt: str | None = None, /, *, lengths: list[int], out: str,
         progress: show Lightning's progress bar (--no-progress: do not).
         model_dir: an exported model directory (ttt export, ttt import-jax) instead of CKPT; needs
             --data-config (its tokenizer defaults to the directory's).
+        threads: CPU threads (default: the cores not already busy).
     """
     overrides = {} if min_doc_tokens is None else {"min_doc_tokens": min_doc_tokens}
     trainer_kwargs = {"accelerator": accelerator, "devices": 1, "precision": precision,
-                      "enable_progress_bar": progress}
+                      "enable_progress_bar": progress, "threads": threads}
     result = evaluate_context(ckpt, lengths, out, method=method, tokens_per_length=tokens_per_length or None,
                               batch_tokens=batch_tokens, last_tokens=last_tokens, data_config=data_config,
                               data_overrides=overrides, trainer_kwargs=trainer_kwargs, model_dir=model_dir)

@@ -123,6 +123,13 @@ def resolve_methods(settings: Settings, methods: Sequence[str] | None) -> list[s
     return list(methods or [own])
 
 
+def weights(settings: Settings) -> str:
+    """Whose weights are timed: a preset's are random (speed and memory only; the outputs mean nothing)."""
+    if settings.model_dir is None:
+        return f"random (preset {settings.preset}; speed and memory only)"
+    return settings.model_dir
+
+
 def print_table(rows: list[dict]) -> None:
     print(f"{'method':<7}{'context':>9}{'prefill s/1K':>14}{'decode ms/tok':>15}{'peak MB':>10}")
     for r in rows:
@@ -165,7 +172,8 @@ def write_tensorboard(rows: list[dict], logdir: Path) -> None:
 def bench(*, methods: Sequence[Literal["fa", "swa", "e2e"]] | None = None, lengths: Sequence[int] = DEFAULT_LENGTHS,
           preset: str = "debug", model_dir: str | None = None, window: int | None = None,
           mini_batch: int | None = None, decode: int = 128, piece: int = 4096, threads: int = 1, device: str = "cpu",
-          timeout: float = 3600, out: str = "bench-results/infer_speed", tensorboard: str | None = None) -> int:
+          timeout: float = 3600, out: str = "bench-results/infer_speed", tensorboard: str | None = None,
+          progress: bool = True) -> int:
     """Inference speed and memory against context length for fa, swa and e2e (prints and plots; never asserts).
 
     Each (method, context) runs in a fresh process; the default geometry is the paper's at 1/8.
@@ -184,18 +192,22 @@ def bench(*, methods: Sequence[Literal["fa", "swa", "e2e"]] | None = None, lengt
         timeout: seconds per (method, context).
         out: writes OUT.json and OUT.png.
         tensorboard: also write TensorBoard scalars to this directory.
+        progress: show a progress bar over the measurements (--no-progress: do not).
     """
     settings = Settings(preset, window, mini_batch, decode, piece, threads, device, model_dir)
     methods = resolve_methods(settings, methods)
     for method in methods:
         settings.config(method)  # bad settings: one line, now
+    from tqdm.auto import tqdm
+
     rows = []
-    for context in sorted(lengths):
-        for method in methods:
-            try:
-                rows.append(run_fresh(method, context, settings, timeout))
-            except (RuntimeError, subprocess.TimeoutExpired) as err:
-                print(f"skipped: {err}", file=sys.stderr)
+    runs = [(method, context) for context in sorted(lengths) for method in methods]
+    for method, context in tqdm(runs, desc="bench", unit="run", disable=not progress, file=sys.stderr):
+        try:
+            rows.append({**run_fresh(method, context, settings, timeout), "weights": weights(settings)})
+        except (RuntimeError, subprocess.TimeoutExpired) as err:
+            print(f"skipped: {err}", file=sys.stderr)
+    print(f"weights: {weights(settings)}")
     print_table(rows)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,7 @@ def generate(*, ckpt: str | None = None, model_dir: str | None = None, prompt_fi
         seed: sampling seed.
         stop: stop at the EOS id (--no-stop: do not).
         device: torch device.
-        threads: CPU threads (fewer is often faster on a busy machine).
+        threads: CPU threads (default: the cores not already busy).
         tokenizer: tokenizer.json or hub name replacing the one the model records.
     """
     if max_new_tokens <= 0:

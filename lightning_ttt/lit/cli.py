@@ -64,6 +64,11 @@ class TTTArgumentParser(LightningArgumentParser):
 
 
 class TTTLightningCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's, less ``predict``: the model has no prediction output (``ttt generate`` writes text)."""
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "predict"}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.seq_len", "model.seq_len")
         for name in ("vocab_size", "bos_id", "eos_id"):  # the model's vocabulary follows the tokenizer

@@ -1,6 +1,7 @@
-"""``ttt plan --config RECIPE [--config ...]``: size, compute and memory of a recipe before launching it.
+"""``ttt plan --config RECIPE [--config ...] [--key value ...]``: size, compute and memory of a recipe before launching it.
 
-Parameters are counted on the meta device (exact; the tied embedding/head once). Formulas (per
+The settings are parsed as ``ttt fit`` parses them (``tools.recipe``). Parameters are counted on the
+meta device (exact; the tied embedding/head once). Formulas (per
 training token, forward + backward):
 
 * FLOPs = 6·N + 12·L·d·c, with N all parameters (the tied head is a matmul), L blocks, d width
@@ -18,58 +19,41 @@ training token, forward + backward):
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-import yaml
 
 from lightning_ttt.config import ModelConfig
+from lightning_ttt.tools.recipe import parse_recipe, recipe_model
 
 DEVICE_GB = 80.0
 
 
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Deep merge like jsonargparse's stacked --config files (dicts merge, everything else replaces)."""
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def load_recipe(paths: list[str]) -> dict[str, Any]:
-    spec: dict[str, Any] = {}
-    for path in paths:
-        spec = merge(spec, yaml.safe_load(Path(path).read_text()) or {})
-    return spec
-
-
-def model_config(spec: dict[str, Any]) -> ModelConfig:
-    model = spec.get("model") or {}
-    return ModelConfig.from_settings(model.get("preset", "debug"), model.get("method", "e2e"), model.get("config"))
-
-
 def counts(cfg: ModelConfig) -> dict[str, int]:
-    """Total, fast-weight (prime MLP) and suffix+head parameter counts, from a meta-device model."""
+    """Total, embedding (+ untied head), fast-weight (prime MLP) and suffix+head parameter counts, from a
+    meta-device model."""
     from lightning_ttt.model.transformer import Transformer
 
     with torch.device("meta"):
         model = Transformer(cfg)
     total = sum(p.numel() for p in model.parameters())
+    embedding = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("embed.", "lm_head.")))
     fast = sum(p.numel() for n, p in model.named_parameters() if ".prime." in n)
     suffix = sum(p.numel() for b in model.blocks[cfg.prefix_len:] for p in b.parameters()) if cfg.has_prime else 0
-    return {"total": total, "fast": fast, "suffix_and_head": suffix + cfg.vocab_size * cfg.d_model}
+    return {"total": total, "embedding": embedding, "fast": fast,
+            "suffix_and_head": suffix + cfg.vocab_size * cfg.d_model}
 
 
-def plan(spec: dict[str, Any]) -> dict[str, Any]:
-    cfg = model_config(spec)
-    data, trainer = spec.get("data") or {}, spec.get("trainer") or {}
-    seq_len, micro = int(data.get("seq_len", 256)), int(data.get("batch_size", 1))
+def plan(settings: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
+    """Sizes, FLOPs and memory of a run of ``settings`` (parsed, as a dict) building model ``cfg``."""
+    data, trainer = settings["data"], settings["trainer"]
+    seq_len, micro = int(data["seq_len"]), int(data["batch_size"])
     devices = trainer.get("devices", 1)
     devices = devices if isinstance(devices, int) else 1
-    world = devices * int(trainer.get("num_nodes", 1))
-    accumulate = int(trainer.get("accumulate_grad_batches", 1))
-    strategy = str(trainer.get("strategy", "auto"))
+    world = devices * int(trainer.get("num_nodes") or 1)
+    accumulate = int(trainer.get("accumulate_grad_batches") or 1)
+    strategy = str(trainer.get("strategy") or "auto")
     n = counts(cfg)
     d, h, L, V, T = cfg.d_model, cfg.mlp_hidden, cfg.n_layers, cfg.vocab_size, seq_len
     w = min(cfg.attention_window or T, T)
@@ -85,16 +69,45 @@ def plan(spec: dict[str, Any]) -> dict[str, Any]:
         suffix_tokens = micro * cfg.mini_batch if cfg.checkpoint_chunks else tokens
         act += 2 * suffix_tokens * cfg.suffix_len * block + micro * (T // cfg.mini_batch) * n["fast"] * 4
     total_gb = (state + act) / 2**30
-    return {"name": cfg.name, "params": n["total"], "fast_params": n["fast"], "seq_len": T, "micro_batch": micro,
+    return {"name": cfg.name, "params": n["total"], "embedding_params": n["embedding"], "fast_params": n["fast"],
+            "vocab_size": V, "tied": cfg.tie_embeddings, "attention": _attention(cfg), "method": cfg.method, "seq_len": T, "micro_batch": micro,
             "world": world, "accumulate": accumulate, "tokens_per_step": tokens * world * accumulate,
             "strategy": strategy, "checkpoint_chunks": cfg.checkpoint_chunks, "checkpoint_blocks": cfg.checkpoint_blocks, "flops_per_token": flops,
             "state_gb": state / 2**30, "activation_gb": act / 2**30, "memory_gb": total_gb,
             "fits": total_gb <= DEVICE_GB}
 
 
-def render(p: dict[str, Any]) -> str:
+def memory_advice(p: dict[str, Any]) -> list[str]:
+    """Ways to lower the memory per device that the recipe does not use yet."""
+    advice = []
+    if p["micro_batch"] > 1:
+        advice.append(f"lower data.batch_size (now {p['micro_batch']}) and raise trainer.accumulate_grad_batches")
+    if not p["checkpoint_blocks"]:
+        advice.append("set model.config.checkpoint_blocks: true")
+    if p["method"] == "e2e" and not p["checkpoint_chunks"]:
+        advice.append("set model.config.checkpoint_chunks: true")
+    if p["world"] > 1 and "deepspeed" not in p["strategy"]:
+        advice.append("shard the optimizer state with trainer.strategy: deepspeed_stage_2")
+    return advice
+
+
+def _attention(cfg: ModelConfig) -> str:
+    span = f"window {cfg.attention_window}" if cfg.attention_window else "full causal"
+    return span + (f", test-time training every {cfg.mini_batch} tokens" if cfg.has_prime else "")
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1_000_000 else f"{n / 1e3:.1f}K"
+
+
+def render(p: dict[str, Any], vocabulary: str) -> str:
+    rest = p["params"] - p["embedding_params"]
+    head = "tied head" if p["tied"] else "and head"
     lines = [
-        f"model            {p['name']}: {p['params'] / 1e6:.1f}M parameters, {p['fast_params'] / 1e6:.1f}M fast weights",
+        f"model            {p['name']}: {_count(p['params'])} parameters = {_count(p['embedding_params'])} "
+        f"embedding ({head}) + {_count(rest)} blocks; {_count(p['fast_params'])} fast weights",
+        f"vocabulary       {p['vocab_size']:,} ids, {vocabulary}",
+        f"attention        {p['attention']}",
         f"batch            {p['world']} devices x {p['micro_batch']} x {p['seq_len']} tokens x accumulate "
         f"{p['accumulate']} = {p['tokens_per_step']:,} tokens/step ({p['strategy']})",
         f"FLOPs/token      {p['flops_per_token'] / 1e9:.2f} GFLOP (6N + 12·L·d·ctx [+ 12·N_suffix+head for e2e])",
@@ -103,16 +116,21 @@ def render(p: dict[str, Any]) -> str:
         f"checkpoint_chunks={p['checkpoint_chunks']})",
     ]
     if not p["fits"]:
-        lines.append(f"WARNING: about {p['memory_gb']:.0f} GB per device will not fit an {DEVICE_GB:.0f} GB GPU; lower "
-                     "data.batch_size and raise trainer.accumulate_grad_batches, or set model.config.checkpoint_blocks / checkpoint_chunks")
+        advice = memory_advice(p)
+        todo = "; ".join(advice) if advice else ("the recipe already uses every memory setting the planner knows: "
+                                                 "shorten data.seq_len, use a smaller model or more memory per device")
+        lines.append(f"WARNING: about {p['memory_gb']:.0f} GB per device will not fit an {DEVICE_GB:.0f} GB GPU "
+                     f"(a rough estimate); {todo}")
     return "\n".join(lines)
 
 
-def plan_command(*, config: list[str]) -> int:
+def plan_command(argv: Sequence[str], /) -> int:
     """Parameters, FLOPs per token and memory per device of a recipe, before launching it.
 
-    Args:
-        config: recipe YAML; several stack like LightningCLI's --config (the last one wins).
+    Takes the settings of ``ttt fit``: ``--config RECIPE`` (several stack, the last wins) and
+    ``--key value`` overrides such as ``--model.config.window 256`` (``ttt plan --help`` lists them).
     """
-    print(render(plan(load_recipe(config))))
+    settings = parse_recipe(argv, prog="ttt plan").as_dict()
+    cfg, vocabulary = recipe_model(settings)
+    print(render(plan(settings, cfg), vocabulary))
     return 0

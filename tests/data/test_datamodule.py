@@ -176,3 +176,33 @@ def test_restored_position_must_match_settings_and_tokenizer(stdlib_dm, bpe_path
     bpe = LongContextDataModule(tokenizer=str(bpe_path))
     with pytest.raises(ValueError, match=r"trained with tokenizer 'bytes' \(vocab_size 258\) but data.tokenizer="):
         bpe.load_state_dict(state)
+
+
+def _training_only_corpus(path, count: int = 10) -> list[str]:
+    """``count`` documents whose names the hash split (val_fraction 0.05) all keeps for training."""
+    from lightning_ttt.data.documents import is_validation
+
+    names = [n for n in (f"doc{i}.txt" for i in range(100)) if not is_validation(n, 0.05)][:count]
+    for name in names:
+        (path / name).write_text(doc_text(len(name)) * 8)
+    return names
+
+
+def test_a_small_corpus_without_validation_documents_says_how_to_give_them(tmp_path):
+    corpus, held_out = tmp_path / "corpus", tmp_path / "held_out.txt"
+    corpus.mkdir()
+    names = _training_only_corpus(corpus)
+    assert len(names) == 10
+    dm = LongContextDataModule(sources=[str(corpus)], seq_len=64)
+    with pytest.raises(ValueError) as err:
+        dm.setup("fit")
+    message = str(err.value)
+    assert "\n" not in message and "data.val_fraction=0.05 holds out none of its documents" in message
+    assert "data.val_sources" in message and str(corpus) in message
+    held_out.write_text(doc_text(3) * 8)
+    dm = LongContextDataModule(sources=[str(corpus)], val_sources=[str(held_out)], seq_len=64)
+    dm.setup("fit")
+    assert len(dm.val_dataloader().dataset) > 0
+    dm = LongContextDataModule(sources=[str(corpus)], seq_len=64, val_fraction=0)
+    dm.setup("fit")
+    assert dm.val_dataloader() == []

@@ -93,3 +93,6 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys, monkeypatch):
     assert [(r["method"], r["context"]) for r in rows] == [("fa", 128), ("e2e", 128), ("fa", 256), ("e2e", 256)]
     assert out.with_suffix(".png").stat().st_size > 0 and any((tmp_path / "tb").iterdir())
     assert "prefill s/1K" in table
+    assert "weights: random (preset debug; speed and memory only)" in table
+    assert all(r["weights"].startswith("random") for r in rows)
+    assert "bench: 100%" in err and "4/4" in err  # the progress bar, on stderr

@@ -42,7 +42,7 @@ def niah(*, ckpt: str | None = None, model_dir: str | None = None, lengths: Sequ
         out: output directory.
         tensorboard: TensorBoard log directory for scalars and figures.
         device: torch device.
-        threads: CPU threads.
+        threads: CPU threads (default: the cores not already busy).
         progress: show a progress bar (--no-progress: do not).
         tokenizer: tokenizer.json or hub name replacing the one the model records.
     """
