@@ -42,7 +42,6 @@ def evaluate(answerer: Answerer, tokenizer, window: int | None, tasks: Sequence[
              progress: bool = False) -> Result:
     """Score ``answerer`` on every sample; ``window`` decides each needle's region and the window share."""
     check_request(tasks, lengths, samples, depths, depth_samples, answer_tokens)
-    check_out_dir(out, overwrite)
     total = len(sample_plan(tasks, lengths, samples, depths, depth_samples))
     stream = iter_samples(tasks, lengths, samples, seed, tokenizer, haystacks, templates, window, answer_tokens,
                           depths, depth_samples)
@@ -73,6 +72,7 @@ def run_niah(*, ckpt: str | None = None, model_dir: str | None = None, lengths: 
 
     text = Templates.load(templates)
     check_request(tasks, lengths, samples, depths, depth_samples, answer_tokens)
+    check_out_dir(out, overwrite)
     haystacks = load_haystacks(tasks, haystack, text, text_field, min_chars=max(1 << 20, 8 * max(lengths)))
     if threads:
         torch.set_num_threads(threads)
