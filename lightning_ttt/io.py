@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -62,3 +64,48 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> None:
         atomic_write(path, lambda f: fig.savefig(f, format=Path(path).suffix.lstrip("."), dpi=dpi))
     finally:
         plt.close(fig)
+
+
+def check_out_dir(path: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse a non-empty results folder unless ``overwrite`` (FileExistsError, one line)."""
+    path = Path(path)
+    if not overwrite and path.is_dir() and any(path.iterdir()):
+        raise FileExistsError(f"--out {path} is not empty; pass --overwrite to replace it")
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"--out {path} is a file, not a folder")
+
+
+@contextmanager
+def replacing_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a new sibling folder to write results into; on success it replaces ``path`` whole.
+
+    ``path`` must be empty or absent unless ``overwrite``. An exception leaves ``path`` as it was and
+    removes the new folder.
+    """
+    path = Path(path)
+    check_out_dir(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        os.chmod(tmp, default_dir_mode())
+        yield tmp
+        _swap_in(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Rename ``new`` to ``path``; an existing ``path`` is moved aside first and removed after."""
+    if not path.exists():
+        os.rename(new, path)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    os.rename(path, old / path.name)
+    try:
+        os.rename(new, path)
+    except BaseException:
+        os.rename(old / path.name, path)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

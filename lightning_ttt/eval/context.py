@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal
 from lightning_ttt.config import ModelConfig, read_export_meta
 from lightning_ttt.data.datamodule import LongContextDataModule
 from lightning_ttt.infer.loading import config_from_hparams, read_checkpoint
-from lightning_ttt.io import atomic_write_json, atomic_write_text, save_figure
+from lightning_ttt.io import atomic_write_json, atomic_write_text, check_out_dir, replacing_dir, save_figure
 from lightning_ttt.lit.module import TTTLanguageModel, load_weights, module_from_checkpoint
 from lightning_ttt.lit.trainer import TTTTrainer
 from lightning_ttt.metrics import PositionCurve, plot_nll_by_position, tail_mean, write_position_report
@@ -117,18 +117,28 @@ def evaluate_context(ckpt_path: str | Path | None, lengths: list[int], out_dir: 
                      method: str | None = None, tokens_per_length: int | None = 262_144, batch_tokens: int = 16_384,
                      last_tokens: int = 512, data_config: str | None = None,
                      data_overrides: dict[str, Any] | None = None, trainer_kwargs: dict[str, Any] | None = None,
-                     model_dir: str | Path | None = None) -> dict[str, Any]:
+                     model_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Evaluate a checkpoint (``ckpt_path``) or an exported model directory (``model_dir``) at every
-    length; write ``context_eval.{json,csv,png}`` and per-length reports."""
+    length; write ``context_eval.{json,csv,png}`` and per-length reports into ``out_dir``, which must be
+    empty unless ``overwrite`` (then it is replaced whole when the evaluation finishes)."""
     if (ckpt_path is None) == (model_dir is None):
         raise ValueError("give exactly one of a checkpoint (CKPT) or an exported model directory (--model-dir)")
     _check_lengths(lengths, tokens_per_length, batch_tokens, last_tokens)
+    check_out_dir(out_dir, overwrite)
     if ckpt_path is not None:
         build, data, header = _checkpoint_source(ckpt_path, method, data_config)
     else:
         build, data, header = _model_dir_source(model_dir, method, data_config)
     data = {**data, **(data_overrides or {})}
-    out = Path(out_dir)
+    with replacing_dir(out_dir, overwrite) as out:
+        return _evaluate_lengths(build, data, header, lengths, out, tokens_per_length=tokens_per_length,
+                                 batch_tokens=batch_tokens, last_tokens=last_tokens, trainer_kwargs=trainer_kwargs)
+
+
+def _evaluate_lengths(build: Callable[[int], TTTLanguageModel], data: dict[str, Any], header: dict[str, Any],
+                      lengths: list[int], out: Path, *, tokens_per_length: int | None, batch_tokens: int,
+                      last_tokens: int, trainer_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """Every length in turn, then the table and figure, all written under ``out``."""
     rows, curves = [], {}
     for length in lengths:
         windows = None if tokens_per_length is None else max(1, tokens_per_length // length)
@@ -198,14 +208,15 @@ def eval_context(ckpt: str | None = None, /, *, lengths: list[int], out: str,
                  method: Literal["fa", "swa"] | None = None, tokens_per_length: int = 262_144,
                  batch_tokens: int = 16_384, last_tokens: int = 512, data_config: str | None = None,
                  min_doc_tokens: int | None = None, accelerator: str = "auto", precision: str = "32-true",
-                 progress: bool = True, model_dir: str | None = None, threads: int | None = None) -> int:
+                 progress: bool = True, model_dir: str | None = None, threads: int | None = None,
+                 overwrite: bool = False) -> int:
     """Evaluate one checkpoint or model directory at several context lengths (TTT active for e2e): table,
     per-position reports, figure.
 
     Args:
         ckpt: Lightning checkpoint (.ckpt) of a TTTLanguageModel.
         lengths: context lengths in tokens.
-        out: output directory.
+        out: output directory; must be empty or absent unless --overwrite.
         method: evaluate fa weights with the sliding window (swa), or the reverse.
         tokens_per_length: validation tokens per length: windows = this // length (0: all).
         batch_tokens: tokens per batch: batch = this // length.
@@ -218,13 +229,15 @@ def eval_context(ckpt: str | None = None, /, *, lengths: list[int], out: str,
         model_dir: an exported model directory (ttt export, ttt import-jax) instead of CKPT; needs
             --data-config (its tokenizer defaults to the directory's).
         threads: CPU threads (default: the cores not already busy).
+        overwrite: replace a non-empty --out (whole, once the evaluation finishes).
     """
     overrides = {} if min_doc_tokens is None else {"min_doc_tokens": min_doc_tokens}
     trainer_kwargs = {"accelerator": accelerator, "devices": 1, "precision": precision,
                       "enable_progress_bar": progress, "threads": threads}
     result = evaluate_context(ckpt, lengths, out, method=method, tokens_per_length=tokens_per_length or None,
                               batch_tokens=batch_tokens, last_tokens=last_tokens, data_config=data_config,
-                              data_overrides=overrides, trainer_kwargs=trainer_kwargs, model_dir=model_dir)
+                              data_overrides=overrides, trainer_kwargs=trainer_kwargs, model_dir=model_dir,
+                              overwrite=overwrite)
     print(markdown_table(result["rows"]))
     print(f"wrote {Path(out) / RESULT}, context_eval.csv, context_eval.png and nll_by_position-*.{{json,csv}}")
     return 0

@@ -25,6 +25,7 @@ import yaml
 
 from lightning_ttt.io import atomic_write_json, atomic_write_text
 from lightning_ttt.lit.cli import cli_main
+from lightning_ttt.sweep.lock import out_dir_lock, stop_group, stop_on_signals
 from lightning_ttt.sweep.plan import OUT, Evaluation, Fit, Step, describe, eval_args, plan, read_marker
 from lightning_ttt.sweep.report import write_report
 from lightning_ttt.sweep.spec import SweepSpec, load_spec
@@ -101,7 +102,7 @@ class SweepRunner:
 
     def _run_eval(self, ev: Evaluation) -> None:
         args = [a.replace(OUT, str(self.out)) for a in eval_args(self.spec, ev)]
-        command = [sys.executable, "-m", "lightning_ttt", "eval-context", *args]
+        command = [sys.executable, "-m", "lightning_ttt", "eval-context", *args, "--overwrite"]  # an unfinished one
         seconds = self._call(command, self.run_dir(ev) / "eval.log", ev.name)
         self._mark(ev, seconds)
 
@@ -113,18 +114,25 @@ class SweepRunner:
             log.write(f"$ {' '.join(command)}\n".encode())
             log.flush()
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            assert process.stdout is not None
-            while chunk := process.stdout.read1(65536):
-                log.write(chunk)
-                log.flush()
-                if self.echo:
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.buffer.flush()
-            code = process.wait()
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+            try:
+                self._copy_output(process, log)
+                code = process.wait()
+            except BaseException:  # Ctrl-C, SIGTERM (stop_on_signals) or a failed write: the child goes too
+                stop_group(process)
+                raise
         if code != 0:
             raise RuntimeError(f"sweep point {name} failed (exit {code}); its output is in {log_path}")
         return time.perf_counter() - started
+
+    def _copy_output(self, process: subprocess.Popen, log) -> None:
+        assert process.stdout is not None
+        while chunk := process.stdout.read1(65536):
+            log.write(chunk)
+            log.flush()
+            if self.echo:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
 
 
 def check_configs(spec: SweepSpec, steps: list[Step]) -> None:
@@ -144,7 +152,8 @@ def sweep(spec: str, /, *, out_dir: str | None = None, dry_run: bool = False, qu
     """Pretrain, fine-tune and evaluate every method at every context length of a sweep file.
 
     Finished points are skipped; an interrupted training run resumes from its last checkpoint. Exits 1
-    when a point fails (finished points stay finished).
+    when a point fails (finished points stay finished). One sweep at a time per output directory
+    (``sweep.lock`` holds its PID); stopping the sweep (Ctrl-C, SIGTERM) stops its running point too.
 
     Args:
         spec: sweep YAML (a top-level `sweep:` section), e.g. recipes/debug/sweep-context.yaml.
@@ -160,7 +169,8 @@ def sweep(spec: str, /, *, out_dir: str | None = None, dry_run: bool = False, qu
         print("every run config loads")
         return 0
     try:
-        return SweepRunner(loaded, echo=not quiet).run(steps)
+        with stop_on_signals(), out_dir_lock(loaded.out_dir.resolve()):
+            return SweepRunner(loaded, echo=not quiet).run(steps)
     except RuntimeError as err:  # a point failed; its log holds the details
         print(f"ttt sweep: {err}", file=sys.stderr)
         return 1

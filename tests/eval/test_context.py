@@ -64,17 +64,37 @@ def test_fa_weights_evaluate_as_swa_with_the_window(tiny_sweep, tmp_path: Path) 
 
 def test_eval_context_command_prints_the_table_and_rejects_bad_input(tiny_sweep, tmp_path: Path, capsys) -> None:
     ckpt = tiny_sweep.out / "runs" / "e2e" / "pretrain-00032" / "checkpoints" / "last.ckpt"
-    assert main(["eval-context", str(ckpt), "--lengths", "32", "--out", str(tmp_path), "--tokens-per-length", "64",
-                 "--accelerator", "cpu", "--no-progress"]) == 0
+    assert main(["eval-context", str(ckpt), "--lengths", "32", "--out", str(tmp_path / "ctx"), "--tokens-per-length",
+                 "64", "--accelerator", "cpu", "--no-progress"]) == 0
     assert "| 32 |" in capsys.readouterr().out
-    assert main(["eval-context", str(ckpt), "--lengths", "32", "--out", str(tmp_path), "--method", "fa"]) == 2
+    assert main(["eval-context", str(ckpt), "--lengths", "32", "--out", str(tmp_path / "o"), "--method", "fa"]) == 2
     assert "the checkpoint is method e2e; only fa and swa weights are interchangeable" in capsys.readouterr().err
-    assert main(["eval-context", str(tmp_path / "none.ckpt"), "--lengths", "32", "--out", str(tmp_path)]) == 2
+    assert main(["eval-context", str(tmp_path / "none.ckpt"), "--lengths", "32", "--out", str(tmp_path / "o")]) == 2
     assert "none.ckpt does not exist" in capsys.readouterr().err
     assert main(["eval-context", str(ckpt), "--lengths", "40", "--out", str(tmp_path / "bad")]) == 2
     assert "must be a multiple of the mini-batch size" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "context_eval.json").exists()
     (tmp_path / "data.yaml").write_text("trainer: {}\n")
-    assert main(["eval-context", str(ckpt), "--lengths", "32", "--out", str(tmp_path), "--data-config",
+    assert main(["eval-context", str(ckpt), "--lengths", "32", "--out", str(tmp_path / "o"), "--data-config",
                  str(tmp_path / "data.yaml")]) == 2
     assert "has no `data:` section" in capsys.readouterr().err
+
+
+def test_eval_context_refuses_a_used_out_unless_overwrite_and_then_replaces_it(tiny_sweep, tmp_path: Path,
+                                                                                capsys) -> None:
+    ckpt = tiny_sweep.out / "runs" / "e2e" / "pretrain-00032" / "checkpoints" / "last.ckpt"
+    out = tmp_path / "ctx"
+    out.mkdir()
+    (out / "context_eval.json").write_text("old\n")
+    (out / "nll_by_position-000064.json").write_text("stale\n")
+    args = ["eval-context", str(ckpt), "--lengths", "32", "--out", str(out), "--tokens-per-length", "64",
+            "--accelerator", "cpu", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} is not empty; pass --overwrite to replace it" in err and len(err.strip().splitlines()) == 1
+    assert (out / "context_eval.json").read_text() == "old\n" and (out / "nll_by_position-000064.json").exists()
+    assert main([*args, "--overwrite"]) == 0
+    assert json.loads((out / "context_eval.json").read_text())["rows"][0]["seq_len"] == 32
+    assert sorted(p.name for p in out.glob("nll_by_position-*")) == ["nll_by_position-000032.csv",
+                                                                     "nll_by_position-000032.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["ctx"]  # no temporary or old folder left beside it

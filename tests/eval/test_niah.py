@@ -245,10 +245,20 @@ def test_command_on_debug_checkpoint(tmp_path, capsys):
     assert about["templates"]["answer_prefix"] == " Answer:" and about["seed"] == 5 and about["method"] == "e2e"
     assert about["window"] == ModelConfig.from_preset("debug", "e2e").attention_window  # the model's window
     assert about["random"][0]["n"] == 1 and not (tmp_path / "other" / "depth_grid.csv").exists()
-    code = main(["niah", "--ckpt", str(ckpt), "--lengths", "300", "--tasks", "niah_1", "--out", str(out)])
+    summary = (out / "summary.json").read_text()
+    again = ["niah", "--ckpt", str(ckpt), "--lengths", "640", "--tasks", "niah_1", "--samples", "1",
+             "--answer-tokens", "4", "--out", str(out), "--no-progress"]
+    code = main(again)
+    err = capsys.readouterr().err
+    assert code == 2 and f"--out {out} is not empty; pass --overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (out / "summary.json").read_text() == summary
+    assert main([*again, "--overwrite"]) == 0, capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["random"][0]["n"] == 1
+    assert not (out / "depth_grid.csv").exists() and not (out / "heatmap_niah_3.png").exists()  # nothing stale
+    code = main(["niah", "--ckpt", str(ckpt), "--lengths", "300", "--tasks", "niah_1", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "too short" in err and len(err.strip().splitlines()) == 1
-    code = main(["niah", "--ckpt", str(ckpt), "--lengths", "1024", "--out", str(out)])
+    code = main(["niah", "--ckpt", str(ckpt), "--lengths", "1024", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "give --haystack" in err and len(err.strip().splitlines()) == 1
     code = main(["niah", "--ckpt", str(ckpt), "--lengths", "1024", "--tasks", "niah_9"])

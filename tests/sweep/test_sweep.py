@@ -4,8 +4,13 @@ summary, figures and TensorBoard runs, and reruns skip (or resume) what already 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +18,7 @@ import yaml
 from sweeps import run_sweep, tiny_sweep_spec  # tests/sweeps.py
 
 from lightning_ttt.cli import main
+from lightning_ttt.sweep.lock import LOCK, out_dir_lock
 from lightning_ttt.sweep.plan import Evaluation, Fit, plan
 from lightning_ttt.sweep.report import markdown_table
 from lightning_ttt.sweep.run import check_configs
@@ -277,3 +283,58 @@ def test_a_failing_point_stops_the_sweep_and_names_its_log(tmp_path: Path) -> No
     assert f"sweep point e2e/pretrain-00024 failed (exit 2); its output is in {log}" in failed.stderr
     assert "ttt fit: error: data.seq_len=24 must be a multiple of the mini-batch size b=16" in log.read_text()
     assert not (log.parent / "fit.done.json").exists()
+
+
+# ---------------------------------------------------------------------- one writer, children die with the sweep
+def test_a_second_sweep_on_the_same_out_dir_is_refused_naming_the_pid(tmp_path: Path, capsys) -> None:
+    spec, out = _write(tmp_path, tiny_sweep_spec()), tmp_path / "out"
+    out.mkdir()
+    (out / LOCK).write_text(f"{os.getpid()}\n")  # a live process holds it
+    assert main(["sweep", str(spec), "--out-dir", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"is in use by another ttt sweep (PID {os.getpid()}" in err and len(err.strip().splitlines()) == 1
+    assert (out / LOCK).read_text() == f"{os.getpid()}\n" and sorted(p.name for p in out.iterdir()) == [LOCK]
+
+
+def test_a_stale_lock_is_taken_over_and_the_lock_is_removed_at_exit(tmp_path: Path, capsys) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / LOCK).write_text(dead.stdout)
+    with out_dir_lock(tmp_path) as lock:
+        assert lock.read_text() == f"{os.getpid()}\n"
+        with pytest.raises(FileExistsError, match=f"PID {os.getpid()}"), out_dir_lock(tmp_path):
+            pass
+    assert f"taking over the stale lock {tmp_path / LOCK} (PID {dead.stdout.strip()} is not running)" \
+        in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_stopping_the_sweep_stops_its_running_point(tmp_path: Path) -> None:
+    raw = tiny_sweep_spec()
+    raw["sweep"].update(methods=["e2e"], where=[])
+    del raw["sweep"]["pretrain"]["share"]
+    raw["sweep"]["pretrain"]["set"]["trainer.max_steps"] = 10**6  # runs until stopped
+    out = tmp_path / "out"
+    sweep = subprocess.Popen([sys.executable, "-m", "lightning_ttt", "sweep", str(_write(tmp_path, raw)),
+                              "--out-dir", str(out), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (children := _children(sweep.pid)) and time.monotonic() < deadline and sweep.poll() is None:
+        time.sleep(0.2)
+    assert children, sweep.stderr.read().decode() if sweep.poll() is not None else "no child started"
+    sweep.send_signal(signal.SIGTERM)
+    assert sweep.wait(timeout=120) == 128 + signal.SIGTERM
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not (out / LOCK).exists()

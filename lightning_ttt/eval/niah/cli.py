@@ -18,7 +18,7 @@ def niah(*, ckpt: str | None = None, model_dir: str | None = None, lengths: Sequ
          depth_samples: int = 20, seed: int = 0, haystack: Sequence[str] | None = None, text_field: str = "text",
          templates: str | None = None, window: int | None = None, answer_tokens: int = 128, out: str = "niah",
          tensorboard: str | None = None, device: str = "cpu", threads: int | None = None,
-         progress: bool = True, tokenizer: str | None = None) -> int:
+         progress: bool = True, tokenizer: str | None = None, overwrite: bool = False) -> int:
     """RULER single-needle retrieval (S-NIAH-1/2/3): accuracy per task and length with 95% intervals.
 
     Each sample is also placed inside, straddling or outside the attention window; the report sets
@@ -39,18 +39,19 @@ def niah(*, ckpt: str | None = None, model_dir: str | None = None, lengths: Sequ
         templates: YAML mapping overriding some of the prompt templates.
         window: window for the inside/straddling/outside split (default: the model's; none for fa).
         answer_tokens: answer budget, tokens generated per sample (128 as RULER).
-        out: output directory.
+        out: output directory; must be empty or absent unless --overwrite.
         tensorboard: TensorBoard log directory for scalars and figures.
         device: torch device.
         threads: CPU threads (default: the cores not already busy).
         progress: show a progress bar (--no-progress: do not).
         tokenizer: tokenizer.json or hub name replacing the one the model records.
+        overwrite: replace a non-empty --out (whole, once the report is written).
     """
     result = run_niah(ckpt=ckpt, model_dir=model_dir, lengths=lengths, tasks=tasks, samples=samples, depths=depths,
                       depth_samples=depth_samples, seed=seed, haystack=haystack, text_field=text_field,
                       templates=templates, window=window, answer_tokens=answer_tokens, out=out,
                       tensorboard=tensorboard, device=device, threads=threads, progress=progress,
-                      tokenizer=tokenizer)
+                      tokenizer=tokenizer, overwrite=overwrite)
     about = result.about
     shown = about["window"] if about["window"] is not None else "none"
     print(f"{about['model']} (method {about['method']}, window {shown}); "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from lightning_ttt.eval.niah.haystack import ESSAY, ESSAY_EXAMPLE, NOISE, Haystack, essay_haystack, noise_haystack, \
     splitter_name
@@ -12,6 +11,7 @@ from lightning_ttt.eval.niah.prompts import TASKS, check_request, iter_samples, 
 from lightning_ttt.eval.niah.report import summarize, write_report
 from lightning_ttt.eval.niah.scoring import Answerer, model_answerer, score
 from lightning_ttt.eval.niah.templates import Templates
+from lightning_ttt.io import check_out_dir, replacing_dir
 
 DEFAULT_SAMPLES = 500  # per (task, length), as RULER: 95% interval half-width <= 0.044
 
@@ -59,8 +59,9 @@ def run_niah(*, ckpt: str | None = None, model_dir: str | None = None, lengths: 
              depth_samples: int = 20, seed: int = 0, haystack: Sequence[str] | None = None, text_field: str = "text",
              templates: str | None = None, window: int | None = None, answer_tokens: int = 128, out: str = "niah",
              tensorboard: str | None = None, device: str = "cpu", threads: int | None = None,
-             progress: bool = True, tokenizer: str | None = None) -> Result:
-    """Evaluate a checkpoint (or exported directory) and write the report under ``out``.
+             progress: bool = True, tokenizer: str | None = None, overwrite: bool = False) -> Result:
+    """Evaluate a checkpoint (or exported directory) and write the report under ``out``, which must be
+    empty unless ``overwrite`` (then it is replaced whole once the report is written).
 
     ``window`` defaults to the model's (none for full attention); ``tokenizer`` replaces the one the
     model records. Bad settings raise ValueError or FileNotFoundError before the model runs.
@@ -71,6 +72,7 @@ def run_niah(*, ckpt: str | None = None, model_dir: str | None = None, lengths: 
 
     text = Templates.load(templates)
     check_request(tasks, lengths, samples, depths, depth_samples, answer_tokens)
+    check_out_dir(out, overwrite)
     haystacks = load_haystacks(tasks, haystack, text, text_field, min_chars=max(1 << 20, 8 * max(lengths)))
     if threads:
         torch.set_num_threads(threads)
@@ -84,5 +86,6 @@ def run_niah(*, ckpt: str | None = None, model_dir: str | None = None, lengths: 
                       lengths, haystacks, text, samples, seed, answer_tokens, depths,
                       depth_samples if depths else 0, progress)
     result.about = {"model": cfg.name, "method": cfg.method, "checkpoint": ckpt or model_dir, **result.about}
-    write_report(result.rows, result.summary, Path(out), result.about, tensorboard)
+    with replacing_dir(out, overwrite) as tmp:
+        write_report(result.rows, result.summary, tmp, result.about, tensorboard)
     return result
