@@ -208,6 +208,7 @@ def test_haystack_sources_and_refusals(tmp_path):
     assert set(load_haystacks(["niah_1"], None, T)) == {NOISE}
 
 
+@pytest.mark.slow  # export, two NIAH runs end to end
 def test_command_on_debug_checkpoint(tmp_path, capsys):
     ckpt = one_step_checkpoint(tmp_path / "debug-e2e.ckpt")
     export = tmp_path / "exported"

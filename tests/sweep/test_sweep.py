@@ -320,6 +320,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow  # a subprocess sweep stopped by SIGTERM
 def test_stopping_the_sweep_stops_its_running_point(tmp_path: Path) -> None:
     raw = tiny_sweep_spec()
     raw["sweep"].update(methods=["e2e"], where=[])
