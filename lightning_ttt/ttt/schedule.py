@@ -142,11 +142,11 @@ def run_chunks(step: StepFn, chunk_inputs: Sequence[tuple[Tensor, ...]], state: 
             report, state = step(index, state, inputs)
             reports.append(report)
         return reports, state
-    replay = _Replay(step, tuple(p for p in params if p.requires_grad), _autocast_state(chunk_inputs[0]))
+    runner = _Runner(step, tuple(p for p in params if p.requires_grad), _autocast_state(chunk_inputs[0]))
     reports = []
     for seg in plan(len(chunk_inputs), schedule):
         inputs = [t for index in range(seg.start, seg.stop) for t in chunk_inputs[index]]
-        out, state = replay.apply(seg, state, inputs, replay.params, _ParamGrads())
+        out, state = runner.apply(seg, state, inputs, runner.params, _ParamGrads())
         reports += out
     return reports, state
 
@@ -168,7 +168,7 @@ class _ParamGrads(dict):
 
 
 @dataclass
-class _Replay:
+class _Runner:
     """What a segment needs to run its chunks again in the backward pass."""
 
     step: StepFn
@@ -184,16 +184,24 @@ class _Replay:
         flat = _SegmentFunction.apply(call, *state, *inputs, *params)
         return call.unflatten(flat)
 
-    def run(self, seg: Segment, state: tuple[Tensor, ...], inputs: Sequence[Tensor], grads: _ParamGrads,
-            nested: bool) -> tuple[list[Report], tuple[Tensor, ...]]:
-        """The segment's chunks from ``state``; with ``nested`` its children are checkpoints of their own."""
+    def forward(self, seg: Segment, state: tuple[Tensor, ...], inputs: Sequence[Tensor],
+                ) -> tuple[list[Report], tuple[Tensor, ...]]:
+        """The values of the segment's chunks: each chunk's graph is dropped as soon as it has run."""
+        per_chunk, reports = len(inputs) // len(seg), []
+        for k, index in enumerate(range(seg.start, seg.stop)):
+            report, state = self.step(index, state, tuple(inputs[k * per_chunk:(k + 1) * per_chunk]))
+            # rebinding both names frees the chunk's graph before the next chunk runs
+            report, state = tuple(None if t is None else t.detach() for t in report), _detached(state)
+            reports.append(report)
+        return reports, state
+
+    def replay(self, seg: Segment, state: tuple[Tensor, ...], inputs: Sequence[Tensor], grads: _ParamGrads,
+               ) -> tuple[list[Report], tuple[Tensor, ...]]:
+        """The segment's chunks with their graph: one chunk's whole graph, or its children as checkpoints."""
         per_chunk = len(inputs) // len(seg)
-        if not nested or not seg.children:
-            reports = []
-            for k, index in enumerate(range(seg.start, seg.stop)):
-                report, state = self.step(index, state, tuple(inputs[k * per_chunk:(k + 1) * per_chunk]))
-                reports.append(report)
-            return reports, state
+        if not seg.children:
+            report, state = self.step(seg.start, state, tuple(inputs))
+            return [report], state
         reports = []
         for child in seg.children:
             offset = (child.start - seg.start) * per_chunk
@@ -206,7 +214,7 @@ class _Replay:
 class _Call:
     """One segment checkpoint: the layout of its flat inputs and outputs."""
 
-    replay: _Replay
+    runner: _Runner
     seg: Segment
     n_state: int
     n_inputs: int
@@ -236,7 +244,7 @@ class _SegmentFunction(torch.autograd.Function):
         ctx.save_for_backward(*state, *inputs)
         ctx.params = params
         with torch.enable_grad():
-            reports, state = call.replay.run(call.seg, _detached(state), _detached(inputs), call.grads, nested=False)
+            reports, state = call.runner.forward(call.seg, _detached(state), _detached(inputs))
         return tuple(t.detach() for t in call.flatten(reports, state))
 
     @staticmethod
@@ -246,13 +254,13 @@ class _SegmentFunction(torch.autograd.Function):
         state, inputs = _detached(saved[:call.n_state]), _detached(saved[call.n_state:])
         outermost = bool(ctx.params)
         grads = _ParamGrads() if outermost else call.grads  # one sum per outermost segment
-        with torch.enable_grad(), _autocast(call.replay.autocast):
-            reports, out_state = call.replay.run(call.seg, state, inputs, grads, nested=True)
+        with torch.enable_grad(), _autocast(call.runner.autocast):
+            reports, out_state = call.runner.replay(call.seg, state, inputs, grads)
         pairs = [(o, g) for o, g in zip(call.flatten(reports, out_state), out_grads)
                  if g is not None and o.requires_grad]
         wrt = [t for t in (*state, *inputs) if t.requires_grad]
         # a one-chunk segment differentiates into the parameters itself; a longer one leaves that to its children
-        params = () if call.seg.children else call.replay.params
+        params = () if call.seg.children else call.runner.params
         got = (torch.autograd.grad([o for o, _ in pairs], (*wrt, *params), [g for _, g in pairs], allow_unused=True)
                if pairs and (wrt or params) else (None,) * (len(wrt) + len(params)))
         grads.add(params, got[len(wrt):])
