@@ -161,3 +161,28 @@ def test_sqrt_and_log_keep_few_states_over_128_chunks(monkeypatch):
     assert sqrt <= 2 * math.sqrt(n), sqrt
     assert log <= math.log2(n) + 1, log
     print(f"states kept over {n} chunks: each {n}, sqrt {sqrt}, log {log}")
+
+
+@pytest.mark.slow
+def test_the_lightning_module_passes_the_schedule_and_keeps_its_gradients():
+    """A training step of the LightningModule (debug preset, fp32, 4 chunks, bool and names) gives the
+    same loss and gradients whatever ``model.config.checkpoint_chunks`` is; hparams keep what was given."""
+    from lightning_ttt.lit.module import TTTLanguageModel
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 256, (2, 129), generator=g)
+    batch = {"input_ids": ids[:, :-1], "targets": ids[:, 1:], "loss_mask": torch.ones(2, 128, dtype=torch.bool)}
+    results = {}
+    for setting in (False, True, "sqrt", "log"):
+        torch.manual_seed(0)
+        module = TTTLanguageModel(method="e2e", seq_len=128, config={"checkpoint_chunks": setting})
+        assert module.hparams.config["checkpoint_chunks"] == setting
+        loss = module(batch, ttt=True, create_graph=True).loss
+        loss.backward()
+        results[module.cfg.checkpoint_chunks] = loss.detach(), {n: p.grad for n, p in module.named_parameters()}
+    assert sorted(results) == ["each", "log", "none", "sqrt"]
+    loss0, grads0 = results["none"]
+    for schedule, (loss, grads) in results.items():
+        torch.testing.assert_close(loss, loss0, rtol=0, atol=0)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, grads0[name], rtol=1e-4, atol=1e-7, msg=f"{schedule}: {name}")
