@@ -125,6 +125,17 @@ def chunk_passes(n_chunks: int, schedule: str | bool) -> float:
     return 1 + _replayed(plan(n_chunks, schedule)) / n_chunks
 
 
+def nesting_depth(n_chunks: int, schedule: str | bool) -> int:
+    """Levels of checkpoints (0 for ``none``): while the innermost one replays, each level holds the gradient
+    of its segment's output state, one state-sized tensor per level."""
+    if schedule_name(schedule) == "none":
+        return 0
+
+    def depth(segments: Sequence[Segment]) -> int:
+        return 1 + max((depth(seg.children) for seg in segments if seg.children), default=0)
+    return depth(plan(n_chunks, schedule))
+
+
 def _peak(segments: Sequence[Segment]) -> int:
     # the backward pass visits segments last to first while the inputs of the earlier ones are still held
     return max(i + (_peak(seg.children) if seg.children else 1) for i, seg in enumerate(segments))
