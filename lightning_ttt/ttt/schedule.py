@@ -36,7 +36,7 @@ import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -44,7 +44,7 @@ from torch import Tensor
 from lightning_ttt.config import CHECKPOINT_SCHEDULES, CheckpointSchedule
 
 # what one chunk reports (its loss, ...): tensors, or None for something not kept
-Report = tuple[Optional[Tensor], ...]
+Report = tuple[Tensor | None, ...]
 # (chunk index, state as a flat tuple of tensors, the chunk's other inputs) -> (its report, the next state)
 StepFn = Callable[[int, tuple[Tensor, ...], tuple[Tensor, ...]], tuple[Report, tuple[Tensor, ...]]]
 
