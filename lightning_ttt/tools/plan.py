@@ -13,7 +13,7 @@ training token, forward + backward):
   bf16 (12·d + 3·h)·2 B per token per block (no attention scores: fused/windowed kernels), the
   fp32 logits and their gradient (8·V B per token), and for e2e the fast weights kept for every
   inner step (T/b copies of the prime MLPs, fp32) plus the suffix's inner-backward graph. With
-  ``checkpoint_chunks`` the suffix keeps one mini-batch of activations instead of T. Rough: it
+  ``checkpoint_chunks`` (any schedule but none) the suffix keeps one mini-batch of activations instead of T. Rough: it
   is meant to flag recipes that cannot fit, not to replace a profile.
 """
 
@@ -66,7 +66,7 @@ def plan(settings: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
     kept = d * 2 if cfg.checkpoint_blocks else block  # checkpoint_blocks keeps only each block's input
     act = tokens * (L * kept + (block if cfg.checkpoint_blocks else 0) + 8 * V)
     if cfg.ttt_in_training:
-        suffix_tokens = micro * cfg.mini_batch if cfg.checkpoint_chunks else tokens
+        suffix_tokens = micro * cfg.mini_batch if cfg.checkpoint_chunks != "none" else tokens
         act += 2 * suffix_tokens * cfg.suffix_len * block + micro * (T // cfg.mini_batch) * n["fast"] * 4
     total_gb = (state + act) / 2**30
     return {"name": cfg.name, "params": n["total"], "embedding_params": n["embedding"], "fast_params": n["fast"],
@@ -84,8 +84,8 @@ def memory_advice(p: dict[str, Any]) -> list[str]:
         advice.append(f"lower data.batch_size (now {p['micro_batch']}) and raise trainer.accumulate_grad_batches")
     if not p["checkpoint_blocks"]:
         advice.append("set model.config.checkpoint_blocks: true")
-    if p["method"] == "e2e" and not p["checkpoint_chunks"]:
-        advice.append("set model.config.checkpoint_chunks: true")
+    if p["method"] == "e2e" and p["checkpoint_chunks"] == "none":
+        advice.append("set model.config.checkpoint_chunks: each (or sqrt, log)")
     if p["world"] > 1 and "deepspeed" not in p["strategy"]:
         advice.append("shard the optimizer state with trainer.strategy: deepspeed_stage_2")
     return advice
