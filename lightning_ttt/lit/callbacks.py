@@ -49,14 +49,22 @@ class PositionReport(L.Callback):
 
 
 class TrainThroughput(ThroughputMonitor):
-    """Lightning's ThroughputMonitor for training only: ``train/batches_per_sec``, ``train/samples_per_sec``,
-    ``train/items_per_sec`` (tokens) and ``train/flops_per_sec`` (from the module's ``flops_per_batch``),
-    averaged over the last ``window_size`` steps. Evaluation batches are still timed (so they are not
-    counted as training time) but not logged: their batch index is not a training step."""
+    """Lightning's ThroughputMonitor for training only: per device ``train/device/batches_per_sec``,
+    ``samples_per_sec``, ``items_per_sec`` (tokens) and ``flops_per_sec`` (from the module's
+    ``flops_per_batch``), and with several devices the same for all of them (``train/items_per_sec``, ...);
+    averaged over the last ``window_size`` steps (fewer in a shorter run), logged from the window's
+    second step on. Evaluation batches are still timed (so they are not counted as training time) but
+    not logged: their batch index is not a training step."""
 
     def __init__(self, window_size: int = 10) -> None:
         super().__init__(batch_size_fn=lambda batch: batch["input_ids"].shape[0],
-                         length_fn=lambda batch: batch["input_ids"].numel(), window_size=window_size, separator="/")
+                         length_fn=lambda batch: batch["input_ids"].numel(), separator="/")
+        self.window_size = window_size
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else self.window_size
+        self.kwargs["window_size"] = max(2, min(self.window_size, steps))
+        super().setup(trainer, pl_module, stage)
 
     def _compute(self, trainer: L.Trainer, iter_num: int | None = None) -> None:
         if trainer.state.stage == RunningStage.TRAINING:

@@ -43,7 +43,7 @@ def model_flops(cfg: ModelConfig, seq_len: int, method: str | None = None, *, tr
     if method is not None and method != cfg.method:
         if method not in METHODS:
             raise ValueError(f"method={method!r} is unknown; expected one of {', '.join(METHODS)}")
-        cfg = cfg.replace(method=method)
+        cfg = cfg.replace(method=method, **({} if method == "e2e" else {"suffix_len": 0}))
     parts = forward_flops(cfg, seq_len)
     forward = sum(parts.values())
     ttt = parts["suffix"] + parts["head"] if cfg.has_prime else 0  # what the inner gradient runs back through
