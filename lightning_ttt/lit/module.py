@@ -129,10 +129,12 @@ class TTTLanguageModel(L.LightningModule):
         """The settings a fit is compared by in TensorBoard's HPARAMS tab."""
         cfg, hp, trainer = self.cfg, self.hparams, self.trainer
         data = getattr(trainer, "datamodule", None)
+        coverage = getattr(data, "validation_coverage", {})  # what val/loss measures
         return {"method": cfg.method, "preset": str(hp.preset), "window": cfg.attention_window or 0,
                 "mini_batch": cfg.mini_batch, "seq_len": hp.seq_len, "lr": hp.lr, "inner_lr": cfg.inner_lr,
                 "meta_learning": cfg.meta_learning, "max_steps": trainer.max_steps,
-                "batch_size": getattr(data, "batch_size", 0)}
+                "batch_size": getattr(data, "batch_size", 0), "val_windows": coverage.get("windows", 0),
+                "val_documents": coverage.get("documents", 0)}
 
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer.strategy, self.cfg)
@@ -253,8 +255,8 @@ class TTTLanguageModel(L.LightningModule):
         for kind in ("log", "fixed"):  # one TensorBoard section, two bucketings
             for row in report[f"{kind}_buckets"]:
                 self.log(f"{split}_nll_by_position/{kind}_{row['lo']:06d}-{row['hi']:06d}", row["nll"])
-        self.last_eval = {"split": split, "step": step, "loss": float(loss), "nll": float(nll), "ppl": float(torch.exp(nll)),
-                          "curve": curve, "report": report}  # written to disk and TensorBoard by PositionReport
+        self.last_eval = {"split": split, "step": step, "loss": float(loss), "nll": float(nll),
+                          "ppl": float(torch.exp(nll)), "curve": curve, "report": report}  # written to disk and TensorBoard by PositionReport
         for metric in (self.val_loss, self.val_token_nll, self.val_position):
             metric.reset()
 

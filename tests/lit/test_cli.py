@@ -148,7 +148,12 @@ def test_short_fit_leaves_checkpoint_and_tensorboard_logs(method: str, tmp_path:
     assert [e.step for e in events.Scalars("train/loss")] == [0, 1]  # the weights behind each loss: 0 and 1 steps
     assert [e.step for e in events.Scalars("val/loss")] == [2]  # evaluated after 2 steps, like step000002 files
     assert [e.step for e in events.Images("val/nll_by_position")] == [2]
-    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(events.PluginTagToContent("hparams"))
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    settings = HParamsPluginData.FromString(start).session_start_info.hparams
+    assert settings["method"].string_value == method and settings["seq_len"].number_value == 128
+    assert settings["mini_batch"].number_value == 32 and settings["val_documents"].number_value == 2
     (final,) = events.Scalars("hparam/val_loss")
     assert final.value == pytest.approx(events.Scalars("val/loss")[-1].value)
     assert {"val/nll", "val/ppl"} <= scalars
