@@ -233,6 +233,17 @@ class TTTLanguageModel(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
 
+    def on_validation_end(self) -> None:
+        self._forget_step()
+
+    def on_test_end(self) -> None:
+        self._forget_step()
+
+    def _forget_step(self) -> None:
+        """The ``step`` logged with an evaluation only places its metrics on the step axis; left among the
+        callback metrics, ModelCheckpoint would name later checkpoints by it (``filename: step{step}``)."""
+        self.trainer.callback_metrics.pop("step", None)
+
     def eval_step(self) -> int:
         """The step an evaluation is logged at: the optimizer steps behind the weights it evaluates (during
         fit the global step; in validate/test the loaded checkpoint's). Training scalars use the same
