@@ -121,6 +121,7 @@ def test_position_report_callback_writes_files_and_the_figure(tmp_path) -> None:
     assert "val/nll_by_position" in events.Tags()["images"]
 
 
+@pytest.mark.slow
 def test_checkpoints_and_evaluations_carry_the_step_of_their_weights(tmp_path) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
