@@ -14,7 +14,7 @@ from lightning_ttt.data.manifest import check_tokenizer
 from lightning_ttt.data.sources import Records, open_records
 from lightning_ttt.data.stream import StreamSpec, TrainStream
 from lightning_ttt.data.tokenizer import INVALID_UTF8, load_tokenizer
-from lightning_ttt.data.validation import ValidationWindows, collect_windows
+from lightning_ttt.data.validation import ValidationWindows, collect_windows, first_windows
 
 STATE_FORMAT = 1
 # Settings that fix the batch sequence: an exact resume requires the same values.
@@ -44,7 +44,8 @@ class LongContextDataModule(L.LightningDataModule):
         min_doc_tokens: drop documents with fewer tokens (the paper uses 8192 for pretraining).
         tail: ``document`` packing: ``drop`` or ``pad`` (and mask) each document's last partial window.
         val_fraction: share of documents held out by name hash when ``val_sources`` is None.
-        max_val_windows: validation windows in total (None: all), split evenly over ranks.
+        max_val_windows: validation windows in total (None: all), split evenly over ranks: a seeded
+            selection spread over every held-out document (the whole split is read once at setup).
         shuffle_buffer: windows held for shuffling per stream (0: stream order).
         num_workers: DataLoader workers per rank; each reads its own shards.
         distribute: how the ``ranks x workers`` streams divide the sources: ``shards`` (whole files or
@@ -96,6 +97,7 @@ class LongContextDataModule(L.LightningDataModule):
         self.tokenizer = load_tokenizer(tokenizer, bos_token, eos_token, invalid_utf8)
         self.train_records: Records | None = None
         self.validation: tuple | None = None  # (windows [N, T+1], valid [N]) for all ranks
+        self.validation_coverage: dict[str, int] = {}  # windows, documents and scored tokens of validation
         self._states: dict[int, dict] = {}  # logical stream -> state after the last consumed batch
         self._batches = 0  # training batches consumed by this rank
         self._resume: dict | None = None
@@ -132,24 +134,26 @@ class LongContextDataModule(L.LightningDataModule):
         else:
             val_records, val_split = (records, "validation") if self.val_fraction > 0 else (None, "")
         if val_records is not None:
-            windows, valid, summary, documents = collect_windows(val_records, self.spec(val_split),
-                                                                 self.max_val_windows)
+            found = collect_windows(val_records, self.spec(val_split), self.max_val_windows)
             where = f"validation split of {val_records.description}"
-            if documents == 0 and val_split == "validation":  # a small corpus: the hash split drew none of it
+            if found.documents_read == 0 and val_split == "validation":  # a small corpus: the hash split drew none
                 raise ValueError(f"{where}: data.val_fraction={self.val_fraction} holds out none of its documents "
                                  "(a hash of each name decides); give validation documents with data.val_sources "
                                  "(e.g. --data.val_sources '[held_out.txt]'), raise data.val_fraction, or set "
                                  "data.val_fraction 0 to train without validation")
-            if len(windows) == 0:
-                raise ValueError(f"{where}: no validation window: {summary}; lower data.seq_len, raise "
+            if len(found.windows) == 0:
+                raise ValueError(f"{where}: no validation window: {found.summary}; lower data.seq_len, raise "
                                  "data.val_fraction or add longer documents")
-            rank_zero_info(f"{where}: {summary}")
-            self.validation = (windows, valid)
+            rank_zero_info(f"{where}: {found.summary}")
+            self.validation = (found.windows, found.valid)
+            self.validation_coverage = {"windows": len(found.windows), "documents": found.documents,
+                                        "tokens": found.tokens}
         if stage in (None, "fit"):
-            probe, _, summary, _ = collect_windows(records, self.spec(self.train_split), limit=1)
-            if len(probe) == 0:
+            probe = first_windows(records, self.spec(self.train_split))
+            if len(probe.windows) == 0:
                 raise ValueError(f"train split of {records.description}: no document reaches seq_len + 1 = "
-                                 f"{self.seq_len + 1} tokens ({summary}); lower data.seq_len or add longer documents")
+                                 f"{self.seq_len + 1} tokens ({probe.summary}); lower data.seq_len or add longer "
+                                 "documents")
         self.train_records = records
 
     def _open(self, sources: list[str], setting: str) -> Records:

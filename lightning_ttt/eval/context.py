@@ -2,7 +2,8 @@
 
 For every length the checkpoint's model is rebuilt with ``seq_len = length`` and validated with
 Lightning (TTT active for e2e) on held-out windows of that length from the checkpoint's own data
-settings; the results are a table (length -> mean loss, loss over the last positions), one
+settings (a seeded selection spread over the held-out documents; the table says how many documents
+each length reads); the results are a table (length -> mean loss, loss over the last positions), one
 per-position report per length and a figure.
 """
 
@@ -66,7 +67,8 @@ def evaluate_length(build: Callable[[int], TTTLanguageModel], data: dict[str, An
     write_position_report(result["report"], report_stem)
     return {"seq_len": length, "loss": result["loss"], "nll": result["nll"], "ppl": result["ppl"],
             "last_loss": tail_mean(curve, last_tokens), "last_tokens": min(last_tokens, length),
-            "windows": len(datamodule.validation[0]), "tokens": int(curve.tokens.sum()),
+            "windows": len(datamodule.validation[0]), "documents": datamodule.validation_coverage["documents"],
+            "tokens": int(curve.tokens.sum()),
             "seconds": round(time.perf_counter() - started, 2), "curve": curve}
 
 
@@ -198,9 +200,9 @@ def context_figure(result: dict[str, Any], curves: dict[str, PositionCurve]):
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| length | loss | last-tokens loss | ppl | windows |", "|---|---|---|---|---|"]
-    lines += [f"| {r['seq_len']} | {r['loss']:.4f} | {r['last_loss']:.4f} | {r['ppl']:.3f} | {r['windows']} |"
-              for r in rows]
+    lines = ["| length | loss | last-tokens loss | ppl | windows | documents |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['seq_len']} | {r['loss']:.4f} | {r['last_loss']:.4f} | {r['ppl']:.3f} | {r['windows']} | "
+              f"{r['documents']} |" for r in rows]
     return "\n".join(lines)
 
 

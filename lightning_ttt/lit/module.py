@@ -8,7 +8,6 @@ module's ``training_step`` returns the meta loss; ``inner_update`` is the inner 
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,12 @@ from torchmetrics import MeanMetric
 
 from lightning_ttt.config import EXPORT_WEIGHTS, NOT_SETTINGS, PRESETS, Method, ModelConfig, ModelSettings, settings_dict
 from lightning_ttt.infer.loading import model_state
-from lightning_ttt.lit.callbacks import PositionReport
+from lightning_ttt.lit.callbacks import HparamsSummary, PositionReport, TrainThroughput
 from lightning_ttt.lit.guard import NonFiniteGuard, NonFinitePolicy
 from lightning_ttt.lit.sharding import strategy_problem
 from lightning_ttt.metrics import PositionCurve, PositionNLL, position_report
 from lightning_ttt.model.checkpointing import checkpoint_blocks
+from lightning_ttt.model.flops import model_flops
 from lightning_ttt.model.sharding import shard_model
 from lightning_ttt.model.transformer import FastWeights, Transformer
 from lightning_ttt.model.weights import first_non_finite, load_strict, state_mismatch
@@ -102,7 +102,8 @@ class TTTLanguageModel(L.LightningModule):
         self.val_token_nll = MeanMetric()
         self.val_position = PositionNLL(seq_len)
         self.last_eval: dict[str, Any] = {}  # the latest validation/test result: loss, nll, ppl, curve
-        self._batch_started = 0.0
+        self.flops_per_batch = 0  # FLOPs of the current training batch, read by TrainThroughput
+        self._checkpoint_step: int | None = None  # global step of the checkpoint loaded for validate/test
         self.step_quantities: dict[str, Any] = {}  # this training step's inner values, for NonFiniteGuard
 
     def configure_model(self) -> None:
@@ -113,7 +114,31 @@ class TTTLanguageModel(L.LightningModule):
             shard_model(self.model, self.device_mesh["data_parallel"])
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [PositionReport(), NonFiniteGuard(self.hparams.get("nonfinite", "stop"))]
+        return [PositionReport(), NonFiniteGuard(self.hparams.get("nonfinite", "stop")), TrainThroughput(),
+                HparamsSummary()]
+
+    def _train_batch_size(self) -> int:
+        return getattr(getattr(self.trainer, "datamodule", None), "batch_size", 1)
+
+    def training_flops_per_batch(self) -> int:
+        """Analytic FLOPs (forward + backward) of one training batch of ``data.batch_size`` sequences."""
+        return self._train_batch_size() * model_flops(self.cfg, self.hparams.seq_len)
+
+    def flops_description(self) -> str:
+        return (f"{self.training_flops_per_batch() / 1e9:.2f} GFLOP per training batch of {self._train_batch_size()} x "
+                f"{self.hparams.seq_len} tokens (forward + backward of the {self.cfg.method} model; an analytic count "
+                "of the matrix multiplications)")
+
+    def run_settings(self) -> dict[str, Any]:
+        """The settings a fit is compared by in TensorBoard's HPARAMS tab."""
+        cfg, hp, trainer = self.cfg, self.hparams, self.trainer
+        data = getattr(trainer, "datamodule", None)
+        coverage = getattr(data, "validation_coverage", {})  # what val/loss measures
+        return {"method": cfg.method, "preset": str(hp.preset), "window": cfg.attention_window or 0,
+                "mini_batch": cfg.mini_batch, "seq_len": hp.seq_len, "lr": hp.lr, "inner_lr": cfg.inner_lr,
+                "meta_learning": cfg.meta_learning, "max_steps": trainer.max_steps,
+                "batch_size": getattr(data, "batch_size", 0), "val_windows": coverage.get("windows", 0),
+                "val_documents": coverage.get("documents", 0)}
 
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer.strategy, self.cfg)
@@ -127,6 +152,7 @@ class TTTLanguageModel(L.LightningModule):
             raise ValueError(f"the checkpoint's vocabulary has {embed.shape[0]} ids but this model has vocab_size="
                              f"{self.cfg.vocab_size} (from data.tokenizer); use the tokenizer the checkpoint was "
                              "trained with")
+        self._checkpoint_step = checkpoint.get("global_step")
         saved = checkpoint.get("hyper_parameters", {})
         for name in ("bos_id", "eos_id"):
             if saved.get(name) is not None and saved[name] != getattr(self.cfg, name):
@@ -176,13 +202,11 @@ class TTTLanguageModel(L.LightningModule):
             adopt_settings(self.trainer.optimizers[0], self.trainer.lr_scheduler_configs[0].scheduler,
                            self.configure_optimizers())
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._batch_started = time.perf_counter()
+    def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        size, length = batch["input_ids"].shape  # [B, T]
+        self.flops_per_batch = size * model_flops(self.cfg, length)
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Tensor], batch_idx: int) -> None:
-        elapsed = time.perf_counter() - self._batch_started
-        tokens = batch["input_ids"].numel() * self.trainer.world_size
-        self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9))
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
 
     # ------------------------------------------------------------------ evaluation
@@ -213,10 +237,32 @@ class TTTLanguageModel(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
 
+    def on_validation_end(self) -> None:
+        self._forget_step()
+
+    def on_test_end(self) -> None:
+        self._forget_step()
+
+    def _forget_step(self) -> None:
+        """The ``step`` logged with an evaluation only places its metrics on the step axis; left among the
+        callback metrics, ModelCheckpoint would name later checkpoints by it (``filename: step{step}``)."""
+        self.trainer.callback_metrics.pop("step", None)
+
+    def eval_step(self) -> int:
+        """The step an evaluation is logged at: the optimizer steps behind the weights it evaluates (during
+        fit the global step; in validate/test the loaded checkpoint's). Training scalars use the same
+        scale: the loss of the n-th batch is computed by weights after n - 1 steps and logged at n - 1."""
+        if self.trainer.state.fn == "fit" or self._checkpoint_step is None:
+            return self.trainer.global_step
+        return int(self._checkpoint_step)
+
     def _log_eval(self, split: str) -> None:
-        """Log loss, token NLL, perplexity and the per-position buckets; keep the result in ``last_eval``."""
+        """Log loss, token NLL, perplexity and the per-position buckets at ``eval_step()``; keep the result
+        in ``last_eval``."""
         loss, nll = self.val_loss.compute(), self.val_token_nll.compute()
         curve: PositionCurve = self.val_position.compute()
+        step = self.eval_step()
+        self.log("step", float(step))  # Lightning logs these metrics at this step instead of its batch count
         self.log(f"{split}/loss", loss, prog_bar=True)
         self.log(f"{split}/nll", nll)
         self.log(f"{split}/ppl", torch.exp(nll))
@@ -224,8 +270,8 @@ class TTTLanguageModel(L.LightningModule):
         for kind in ("log", "fixed"):  # one TensorBoard section, two bucketings
             for row in report[f"{kind}_buckets"]:
                 self.log(f"{split}_nll_by_position/{kind}_{row['lo']:06d}-{row['hi']:06d}", row["nll"])
-        self.last_eval = {"split": split, "loss": float(loss), "nll": float(nll), "ppl": float(torch.exp(nll)),
-                          "curve": curve, "report": report}  # written to disk and TensorBoard by PositionReport
+        self.last_eval = {"split": split, "step": step, "loss": float(loss), "nll": float(nll),
+                          "ppl": float(torch.exp(nll)), "curve": curve, "report": report}  # written to disk and TensorBoard by PositionReport
         for metric in (self.val_loss, self.val_token_nll, self.val_position):
             metric.reset()
 

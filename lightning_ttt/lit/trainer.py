@@ -1,5 +1,6 @@
-"""A Trainer with this project's defaults: atomic checkpoints, autograd allowed in evaluation, and no
-empty ``version_N`` folder left by a run that fails before its first step."""
+"""A Trainer with this project's defaults: atomic checkpoints, autograd allowed in evaluation, a model
+summary with analytic FLOPs, and no empty ``version_N`` folder left by a run that fails before its first
+step."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from lightning_ttt.lit.callbacks import with_analytic_flops
 from lightning_ttt.lit.checkpoint_io import AtomicCheckpointIO
 from lightning_ttt.lit.run_dirs import removing_empty_run_dirs
 
@@ -28,6 +30,7 @@ class TTTTrainer(L.Trainer):
         if not any(hasattr(p, "save_checkpoint") for p in plugins) and kwargs.get("strategy") in (None, "auto", "ddp", "ddp_spawn", "single_device"):
             plugins.append(AtomicCheckpointIO())
         super().__init__(*args, inference_mode=inference_mode, plugins=plugins or None, **kwargs)
+        self.callbacks = [with_analytic_flops(c) for c in self.callbacks]  # the model summary's FLOPs
 
     def fit(self, *args: Any, **kwargs: Any) -> None:
         with removing_empty_run_dirs(self):

@@ -133,7 +133,7 @@ def test_no_document_reaches_the_window(tmp_path):
     for i in range(40):
         (tmp_path / f"{i}.txt").write_text("short")
     dm = LongContextDataModule(sources=[str(tmp_path)], seq_len=64, val_fraction=0.5)
-    with pytest.raises(ValueError, match=r"no validation window: 0 windows of 64 tokens from \d+ documents") as err:
+    with pytest.raises(ValueError, match=r"no validation window: 0 windows of 64 tokens \(0 scored tokens\) from 0 of \d+ documents") as err:
         dm.setup()
     assert str(tmp_path) in str(err.value)
     dm = LongContextDataModule(sources=[str(tmp_path)], seq_len=64, val_fraction=0.0)

@@ -41,6 +41,7 @@ def test_eval_context_matches_a_direct_evaluation_at_every_length(tiny_sweep, tm
         windows = 128 // row["seq_len"]
         loss, nll = _direct_loss(ckpt, row["seq_len"], windows)
         assert row["windows"] == windows
+        assert row["documents"] == windows  # fewer windows than held-out documents: one document each
         assert row["loss"] == pytest.approx(loss, abs=1e-5) and row["nll"] == pytest.approx(nll, abs=1e-5)
         assert row["ppl"] == pytest.approx(torch.exp(torch.tensor(nll)).item(), rel=1e-5)
         report = json.loads((tmp_path / f"nll_by_position-{row['seq_len']:06d}.json").read_text())
@@ -66,7 +67,8 @@ def test_eval_context_command_prints_the_table_and_rejects_bad_input(tiny_sweep,
     ckpt = tiny_sweep.out / "runs" / "e2e" / "pretrain-00032" / "checkpoints" / "last.ckpt"
     assert main(["eval-context", str(ckpt), "--lengths", "32", "--out", str(tmp_path / "ctx"), "--tokens-per-length",
                  "64", "--accelerator", "cpu", "--no-progress"]) == 0
-    assert "| 32 |" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "| windows | documents |" in table and "| 32 |" in table
     assert main(["eval-context", str(ckpt), "--lengths", "32", "--out", str(tmp_path / "o"), "--method", "fa"]) == 2
     assert "the checkpoint is method e2e; only fa and swa weights are interchangeable" in capsys.readouterr().err
     assert main(["eval-context", str(tmp_path / "none.ckpt"), "--lengths", "32", "--out", str(tmp_path / "o")]) == 2

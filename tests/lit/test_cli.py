@@ -131,6 +131,9 @@ def _fit(method: str, root: Path, *extra: str) -> Path:
 def test_short_fit_leaves_checkpoint_and_tensorboard_logs(method: str, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from lightning_ttt.infer.loading import load_checkpoint
+    from lightning_ttt.model.flops import model_flops
+
     run = _fit(method, tmp_path)
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
@@ -138,7 +141,21 @@ def test_short_fit_leaves_checkpoint_and_tensorboard_logs(method: str, tmp_path:
     assert state["global_step"] == 2
     events = EventAccumulator(str(run), size_guidance={"images": 0}).Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"train/loss", "val/loss", "train/lr", "train/tokens_per_s"} <= scalars
+    assert {"train/loss", "val/loss", "train/lr", "train/device/items_per_sec", "train/device/flops_per_sec"} <= scalars
+    (tokens,), (flops,) = events.Scalars("train/device/items_per_sec"), events.Scalars("train/device/flops_per_sec")
+    cfg = load_checkpoint(ckpt).model.cfg  # ThroughputMonitor's FLOPs are model_flops per token
+    assert flops.value / tokens.value == pytest.approx(model_flops(cfg, 128) / 128, rel=1e-6)
+    assert [e.step for e in events.Scalars("train/loss")] == [0, 1]  # the weights behind each loss: 0 and 1 steps
+    assert [e.step for e in events.Scalars("val/loss")] == [2]  # evaluated after 2 steps, like step000002 files
+    assert [e.step for e in events.Images("val/nll_by_position")] == [2]
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    settings = HParamsPluginData.FromString(start).session_start_info.hparams
+    assert settings["method"].string_value == method and settings["seq_len"].number_value == 128
+    assert settings["mini_batch"].number_value == 32 and settings["val_documents"].number_value == 2
+    (final,) = events.Scalars("hparam/val_loss")
+    assert final.value == pytest.approx(events.Scalars("val/loss")[-1].value)
     assert {"val/nll", "val/ppl"} <= scalars
     assert any(tag.startswith("val_nll_by_position/log_") for tag in scalars)
     assert any(tag.startswith("val_nll_by_position/fixed_") for tag in scalars)
@@ -148,12 +165,36 @@ def test_short_fit_leaves_checkpoint_and_tensorboard_logs(method: str, tmp_path:
     assert (run / "nll_by_position" / "val-step000002.csv").read_text().startswith("buckets,lo,hi,nll,tokens")
     if method == "e2e":
         assert {"ttt/inner_grad_norm_mean", "ttt/inner_lr_multiplier"} <= scalars
-    from lightning_ttt.infer.loading import load_checkpoint
-
     loaded = load_checkpoint(ckpt)  # a checkpoint written through the CLI loads for inference
     torch.testing.assert_close(loaded.model.embed.weight, state["state_dict"]["model.embed.weight"])
     losses = [e.value for e in events.Scalars("train/loss")]
     assert all(torch.isfinite(torch.tensor(losses)))
+
+
+@pytest.mark.parametrize("recipe", ["fa", "swa", "e2e", "e2e-naive"])
+def test_debug_recipes_keep_every_checkpoint_they_write(recipe: str) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    cli = cli_main(["--config", str(REPO / f"recipes/debug/{recipe}.yaml")], run=False)
+    (saver,) = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    every = saver._every_n_train_steps
+    assert saver.save_top_k == -1 and saver.save_last  # step000050, step000100, step000150 and last.ckpt
+    assert every > 0 and cli.trainer.max_steps % every == 0
+
+
+@pytest.mark.slow
+def test_validating_a_checkpoint_logs_at_its_step(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = _fit("swa", tmp_path / "fit")
+    cli_main(["validate", "--config", str(REPO / "recipes/debug/swa.yaml"), *SMALL[:3],
+              f"--trainer.logger.init_args.save_dir={tmp_path / 'validate'}",
+              f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    (version,) = (tmp_path / "validate" / "debug-swa").iterdir()
+    events = EventAccumulator(str(version), size_guidance={"images": 0}).Reload()
+    assert [e.step for e in events.Scalars("val/loss")] == [2]  # the checkpoint's step, not 0
+    assert [e.step for e in events.Images("val/nll_by_position")] == [2]
+    assert (version / "nll_by_position" / "val-step000002.json").is_file()
 
 
 @pytest.mark.slow

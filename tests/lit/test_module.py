@@ -109,7 +109,8 @@ def test_position_report_callback_writes_files_and_the_figure(tmp_path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     module = TTTLanguageModel(method="e2e", seq_len=64, position_buckets=4)
-    assert [type(c).__name__ for c in module.configure_callbacks()] == ["PositionReport", "NonFiniteGuard"]
+    assert [type(c).__name__ for c in module.configure_callbacks()] == ["PositionReport", "NonFiniteGuard", "TrainThroughput",
+                                                                      "HparamsSummary"]
     logger = TensorBoardLogger(tmp_path, name="run", version=0)
     trainer = L.Trainer(logger=logger, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.validate(module, torch.utils.data.DataLoader(_Batches(), batch_size=2))
@@ -118,3 +119,26 @@ def test_position_report_callback_writes_files_and_the_figure(tmp_path) -> None:
     assert report["nll"] == pytest.approx(module.last_eval["curve"].nll.tolist(), abs=1e-6)
     events = EventAccumulator(str(tmp_path / "run" / "version_0"), size_guidance={"images": 0}).Reload()
     assert "val/nll_by_position" in events.Tags()["images"]
+
+
+@pytest.mark.slow
+def test_checkpoints_and_evaluations_carry_the_step_of_their_weights(tmp_path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    module = TTTLanguageModel(method="fa", seq_len=64)
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="step{step:06d}", auto_insert_metric_name=False,
+                            every_n_train_steps=1, save_top_k=-1)
+    trainer = L.Trainer(logger=TensorBoardLogger(tmp_path, name="run", version=0), callbacks=[saver], max_steps=3,
+                        val_check_interval=1, num_sanity_val_steps=0, log_every_n_steps=1, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    loader = torch.utils.data.DataLoader(_Batches(), batch_size=1)
+    trainer.fit(module, loader, loader)
+    files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert files == ["step000001.ckpt", "step000002.ckpt", "step000003.ckpt"]
+    for name in files:  # each file holds the weights of the step it is named after
+        assert torch.load(tmp_path / "ckpt" / name, weights_only=True)["global_step"] == int(name[4:10])
+    events = EventAccumulator(str(tmp_path / "run" / "version_0")).Reload()
+    assert [e.step for e in events.Scalars("val/loss")] == [1, 2, 3]
+    assert [e.step for e in events.Scalars("train/loss")] == [0, 1, 2]
