@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from benchmarks import train_speed
@@ -47,7 +47,7 @@ class BenchPlan:
     preset: str = "debug"
     threads: int = 2
     timeout_s: float = 900
-    extra: dict = field(default_factory=dict)
+    name: str = "full"
 
 
 FULL = BenchPlan(window=1024, mini_batch=128, train_lengths=(1024, 4096, 16384), prefill_lengths=(1024, 4096, 16384, 65536),
@@ -55,7 +55,7 @@ FULL = BenchPlan(window=1024, mini_batch=128, train_lengths=(1024, 4096, 16384),
 # one thread: on a busy machine two spinning threads per process slow the toy sizes down by 10x
 QUICK = BenchPlan(window=64, mini_batch=16, train_lengths=(64,), prefill_lengths=(64,), decode_lengths=(64,),
                   e2e_peak_lengths=(64, 128), decode_tokens=16, long=128, train_rounds=1, train_steps=1, infer_rounds=1,
-                  threads=1, timeout_s=120)
+                  threads=1, timeout_s=120, name="quick")
 
 
 def required_keys(plan: BenchPlan) -> list[str]:
@@ -123,7 +123,7 @@ def train(plan: BenchPlan, say: Progress, errors: list[str]) -> dict:
     return out
 
 
-def infer(plan: BenchPlan, say: Progress, errors: list[str]) -> dict:
+def infer(plan: BenchPlan, say: Progress, errors: list[str], saved=lambda part: None) -> dict:
     """Prefill s/1K, decode ms/token and peak memory of ``InferenceSession`` (``ttt bench``'s measurement)."""
     out: dict = {"prefill_s_per_1k": {m: {} for m in METHODS}, "decode_ms": {m: {} for m in METHODS},
                  "peak_mb": {m: {} for m in METHODS}}
@@ -155,6 +155,7 @@ def infer(plan: BenchPlan, say: Progress, errors: list[str]) -> dict:
             out["peak_mb"][method][str(context)] = med("peak_mem_mb")
             if decode:
                 out["decode_ms"][method][str(context)] = med("decode_ms_per_token")
+        saved(out)
     return out
 
 
@@ -174,20 +175,28 @@ def write_atomic(path: Path, data: dict) -> None:
 
 
 def run(plan: BenchPlan, out: Path) -> tuple[dict, list[str]]:
-    """Measure everything, write ``out`` (atomically); returns the summary and the missing keys."""
+    """Measure everything, write ``out`` (atomically, also after each part: ``meta.complete`` false
+    until the end); returns the summary and the missing keys."""
     say, errors = Progress(), []
     load_before = os.getloadavg()
-    say(f"plan: {json.dumps({k: v for k, v in asdict(plan).items() if k != 'extra'})}")
-    summary: dict = {"train": train(plan, say, errors)}
-    summary["infer"] = infer(plan, say, errors)
-    missing = [k for k in required_keys(plan) if lookup(summary, k) is None]
-    summary["meta"] = {
-        "plan": asdict(plan), "quick": plan is QUICK, "commit": git_commit(), "cpu_count": os.cpu_count(),
-        "load_before": load_before, "load_after": os.getloadavg(), "elapsed_s": time.perf_counter() - say.start,
-        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "errors": errors, "missing": missing,
-        "weights": "random (speed and memory only)",
-    }
-    write_atomic(out, summary)
+    say(f"plan: {json.dumps(asdict(plan))}")
+    summary: dict = {}
+
+    def save(complete: bool = False) -> list[str]:
+        missing = [k for k in required_keys(plan) if lookup(summary, k) is None]
+        summary["meta"] = {
+            "plan": asdict(plan), "quick": plan.name == "quick", "commit": git_commit(), "cpu_count": os.cpu_count(),
+            "load_before": load_before, "load_after": os.getloadavg(), "elapsed_s": time.perf_counter() - say.start,
+            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "errors": errors, "missing": missing,
+            "complete": complete, "weights": "random (speed and memory only)",
+        }
+        write_atomic(out, summary)
+        return missing
+
+    summary["train"] = train(plan, say, errors)
+    save()
+    summary["infer"] = infer(plan, say, errors, saved=lambda part: (summary.__setitem__("infer", part), save()))
+    missing = save(complete=True)
     say(f"wrote {out}" + (f"; missing {len(missing)} keys" if missing else ""))
     return summary, missing
 
@@ -196,8 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="toy sizes: every key, about a minute")
     p.add_argument("--out", default="bench-results/summary.json", help="where the summary goes")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per measurement (default: 2; --quick: 1)")
     args = p.parse_args(argv)
-    _, missing = run(QUICK if args.quick else FULL, Path(args.out))
+    plan = replace(QUICK if args.quick else FULL)
+    if args.threads is not None:
+        plan.threads = args.threads
+    _, missing = run(plan, Path(args.out))
     if missing:
         print(f"benchmarks.run: no value for {', '.join(missing)} (see meta.errors in {args.out})", file=sys.stderr)
         return 1
