@@ -85,7 +85,7 @@ class Progress:
         print(f"[{time.perf_counter() - self.start:6.0f} s] {msg}", flush=True)
 
 
-def train(plan: BenchPlan, say: Progress, errors: list[str]) -> dict:
+def train(plan: BenchPlan, say: Progress, errors: list[str], saved=lambda part: None) -> dict:
     """Step-time ratios (interleaved rounds, medians) and peak memory per method and length."""
     out: dict = {"e2e_over_fa": {}, "e2e_over_swa": {}, "s_per_step": {m: {} for m in METHODS},
                  "peak_mb": {m: {} for m in METHODS}}
@@ -120,6 +120,7 @@ def train(plan: BenchPlan, say: Progress, errors: list[str]) -> dict:
                 continue
             out["peak_mb"][method][str(seq_len)] = peak
             say(f"train {method:<3} T={seq_len:<6} peak {peak:.0f} MB")
+        saved(out)
     return out
 
 
@@ -193,8 +194,7 @@ def run(plan: BenchPlan, out: Path) -> tuple[dict, list[str]]:
         write_atomic(out, summary)
         return missing
 
-    summary["train"] = train(plan, say, errors)
-    save()
+    summary["train"] = train(plan, say, errors, saved=lambda part: (summary.__setitem__("train", part), save()))
     summary["infer"] = infer(plan, say, errors, saved=lambda part: (summary.__setitem__("infer", part), save()))
     missing = save(complete=True)
     say(f"wrote {out}" + (f"; missing {len(missing)} keys" if missing else ""))

@@ -23,7 +23,7 @@ def _length(t: str) -> str:
 
 def table(summary: dict) -> str:
     """Markdown: one row per measurement, one column per length."""
-    train, infer, meta = summary["train"], summary["infer"], summary.get("meta", {})
+    train, infer, meta = summary.get("train"), summary.get("infer"), summary.get("meta", {})
     lines = []
 
     def section(title: str, rows: list[tuple[str, dict, str]]) -> None:
@@ -34,12 +34,14 @@ def table(summary: dict) -> str:
             lines.append(f"| {label} | " + " | ".join(_fmt(values.get(t), spec) for t in lengths) + " |")
         lines.append("")
 
-    section("training step (T)", [("e2e / fa", train["e2e_over_fa"], ".2f"), ("e2e / swa", train["e2e_over_swa"], ".2f")]
-            + [(f"{m} s/step", train["s_per_step"][m], ".3f") for m in METHODS]
-            + [(f"{m} peak MB", train["peak_mb"][m], ".0f") for m in METHODS])
-    section("inference (context)", [(f"{m} prefill s/1K", infer["prefill_s_per_1k"][m], ".3f") for m in METHODS]
-            + [(f"{m} decode ms/token", infer["decode_ms"][m], ".1f") for m in METHODS]
-            + [(f"{m} peak MB", infer["peak_mb"][m], ".0f") for m in METHODS])
+    if train:
+        section("training step (T)", [("e2e / fa", train["e2e_over_fa"], ".2f"), ("e2e / swa", train["e2e_over_swa"], ".2f")]
+                + [(f"{m} s/step", train["s_per_step"][m], ".3f") for m in METHODS]
+                + [(f"{m} peak MB", train["peak_mb"][m], ".0f") for m in METHODS])
+    if infer:
+        section("inference (context)", [(f"{m} prefill s/1K", infer["prefill_s_per_1k"][m], ".3f") for m in METHODS]
+                + [(f"{m} decode ms/token", infer["decode_ms"][m], ".1f") for m in METHODS]
+                + [(f"{m} peak MB", infer["peak_mb"][m], ".0f") for m in METHODS])
     if meta:
         load = ", ".join(f"{x:.1f}" for x in meta.get("load_before", []))
         lines.append(f"Commit {meta.get('commit')}, {meta.get('date_utc')} UTC, {meta.get('elapsed_s', 0) / 60:.1f} min, "
