@@ -207,7 +207,11 @@ def run(plan: Plan, device: torch.device, peak_override: float | None = None, pr
             report["train"][str(seq_len)] = {"skipped": "time budget"}
             continue
         progress(f"train T={seq_len} ({clock.elapsed():.0f} s)")
-        report["train"][str(seq_len)] = train_speed(plan, seq_len, device, peak, clock, required=i == 0)
+        try:
+            report["train"][str(seq_len)] = train_speed(plan, seq_len, device, peak, clock, required=i == 0)
+        except torch.OutOfMemoryError as err:
+            report["train"][str(seq_len)] = {"skipped": f"out of memory: {str(err).splitlines()[0]}"}
+            torch.cuda.empty_cache()
     report["flash_attn_used"] = any(r.get(m, {}).get("sequence_kernel") == "flash_attn"
                                     for r in report["train"].values() for m in METHODS)
     progress(f"bf16 vs fp32 loss ({clock.elapsed():.0f} s)")
