@@ -47,7 +47,7 @@ def table(summary: dict) -> str:
         lines.append(f"Commit {meta.get('commit')}, {meta.get('date_utc')} UTC, {meta.get('elapsed_s', 0) / 60:.1f} min, "
                      f"{meta.get('plan', {}).get('threads')} threads, load average before {load}"
                      + (" (quick sizes)" if meta.get("quick") else "")
-                     + ("; partial: the run was stopped before the end" if not meta.get("complete", True) else "") + ".")
+                     + ("; partial: the run had not finished" if not meta.get("complete", True) else "") + ".")
     return "\n".join(lines)
 
 
