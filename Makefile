@@ -39,9 +39,9 @@ verify: setup  ## parity with the authors' JAX numbers, float32 and float64; the
 	$(BIN)/ttt verify-import build/authors-tiny $(AUTHORS)/reference.npz --dtype float32
 	$(BIN)/ttt verify-import build/authors-tiny $(AUTHORS)/reference.npz --dtype float64
 
-bench: setup  ## training speed of fa, swa and e2e, data-loader tokens/s (prints, never asserts)
-	$(BIN)/python -m benchmarks.train_speed
-	$(BIN)/python -m benchmarks.data_speed
+bench: setup  ## training and inference of fa, swa, e2e side by side -> bench-results/summary.json (<= 15 min on 2 cores)
+	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.table
 
 clean:
 	rm -rf runs build *.egg-info

@@ -378,15 +378,23 @@ TOKENIZER_FIELDS = ("vocab_size", "bos_id", "eos_id")  # follow data.tokenizer u
 NOT_SETTINGS = ("method", "name")  # model.method chooses the method; the name is derived
 
 
+def _field_helps() -> dict[str, str]:
+    """One-line help of each ``ModelConfig`` field from its docstring; empty without ``docstring_parser`` (a
+    jsonargparse dependency: the model, inner loop and inference run with torch alone, e.g. benchmarks/gpu.py)."""
+    try:
+        from docstring_parser import parse
+    except ImportError:
+        return {}
+    return {p.arg_name: " ".join((p.description or "").split()) for p in parse(ModelConfig.__doc__ or "").params}
+
+
 def _settings_class() -> type:
     """``ModelSettings``: every ``ModelConfig`` field but ``method`` and ``name``, optional (None: the
     preset's value, or the tokenizer's), with the same one-line help. Derived, so new fields appear
     in ``ttt fit --help`` and ``--print_config`` without a second list to keep in sync."""
-    from docstring_parser import parse
-
     hints = typing.get_type_hints(ModelConfig)
     debug = ModelConfig.from_preset("debug", "e2e")
-    helps = {p.arg_name: " ".join((p.description or "").split()) for p in parse(ModelConfig.__doc__ or "").params}
+    helps = _field_helps()
     names = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in NOT_SETTINGS]
     lines = []
     for name in names:

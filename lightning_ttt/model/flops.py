@@ -10,9 +10,14 @@ Training is forward + backward, the backward costing twice the forward. TTT-E2E 
 adds the inner gradient of every mini-batch (a backward through the suffix blocks and the head,
 twice their forward) and the outer backward through it (twice again): ``3·F + 6·F_suffix``.
 Evaluation is ``F``, plus the first-order inner gradient ``2·F_suffix`` when TTT runs.
+
+This is the one FLOPs formula of the project: the model summary, Lightning's ThroughputMonitor,
+``ttt plan`` and the benchmarks' MFU all use it.
 """
 
 from __future__ import annotations
+
+import torch
 
 from lightning_ttt.config import METHODS, ModelConfig
 
@@ -50,3 +55,23 @@ def model_flops(cfg: ModelConfig, seq_len: int, method: str | None = None, *, tr
     if training:
         return 3 * forward + (6 * ttt if cfg.ttt_in_training else 0)
     return forward + 2 * ttt
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token of ``cfg`` at sequence length ``seq_len``: ``model_flops / seq_len``."""
+    return model_flops(cfg, seq_len) / seq_len
+
+
+def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
+    """Total, embedding (+ untied head), fast-weight (prime MLP) and suffix+head parameter counts, from a
+    meta-device model."""
+    from lightning_ttt.model.transformer import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    total = sum(p.numel() for p in model.parameters())
+    embedding = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("embed.", "lm_head.")))
+    fast = sum(p.numel() for n, p in model.named_parameters() if ".prime." in n)
+    suffix = sum(p.numel() for b in model.blocks[cfg.prefix_len:] for p in b.parameters()) if cfg.has_prime else 0
+    return {"total": total, "embedding": embedding, "fast": fast,
+            "suffix_and_head": suffix + cfg.vocab_size * cfg.d_model}

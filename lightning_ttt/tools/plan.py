@@ -4,10 +4,9 @@ The settings are parsed as ``ttt fit`` parses them (``tools.recipe``). Parameter
 meta device (exact; the tied embedding/head once). Formulas (per
 training token, forward + backward):
 
-* FLOPs = 6·N + 12·L·d·c, with N all parameters (the tied head is a matmul), L blocks, d width
-  and c the mean attended context: T/2 for full causal attention, min(window, T/2)-ish
-  ``w·(1 - w/2T)`` for a sliding window. e2e meta-training adds about 12·N_s for the inner
-  gradient and its second-order backward (N_s: suffix blocks + head), an estimate.
+* FLOPs per token = ``lightning_ttt.model.flops.train_flops_per_token``: matrix multiplications of
+  forward + backward over the keys each query attends to; e2e meta-training adds the inner gradient
+  and its second-order backward through the suffix blocks and the head.
 * Memory per device = weights, gradients and AdamW moments in fp32 (16 B/param; ZeRO-1 shards
   the 8 B of moments, ZeRO-2 also the 4 B of gradients) + activations of one micro-batch:
   bf16 (12·d + 3·h)·2 B per token per block (no attention scores: fused/windowed kernels), the
@@ -22,27 +21,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from lightning_ttt.config import ModelConfig
+from lightning_ttt.model.flops import parameter_counts, train_flops_per_token
 from lightning_ttt.tools.recipe import parse_recipe, recipe_model
 
 DEVICE_GB = 80.0
 
 
-def counts(cfg: ModelConfig) -> dict[str, int]:
-    """Total, embedding (+ untied head), fast-weight (prime MLP) and suffix+head parameter counts, from a
-    meta-device model."""
-    from lightning_ttt.model.transformer import Transformer
-
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    total = sum(p.numel() for p in model.parameters())
-    embedding = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("embed.", "lm_head.")))
-    fast = sum(p.numel() for n, p in model.named_parameters() if ".prime." in n)
-    suffix = sum(p.numel() for b in model.blocks[cfg.prefix_len:] for p in b.parameters()) if cfg.has_prime else 0
-    return {"total": total, "embedding": embedding, "fast": fast,
-            "suffix_and_head": suffix + cfg.vocab_size * cfg.d_model}
+counts = parameter_counts  # the name `ttt plan` has always used
 
 
 def plan(settings: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
@@ -56,9 +42,7 @@ def plan(settings: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
     strategy = str(trainer.get("strategy") or "auto")
     n = counts(cfg)
     d, h, L, V, T = cfg.d_model, cfg.mlp_hidden, cfg.n_layers, cfg.vocab_size, seq_len
-    w = min(cfg.attention_window or T, T)
-    context = w * (1 - w / (2 * T))
-    flops = 6 * n["total"] + 12 * L * cfg.n_heads * cfg.head_dim * context + (12 * n["suffix_and_head"] if cfg.ttt_in_training else 0)
+    flops = train_flops_per_token(cfg, T)
     shard = world if "deepspeed" in strategy else 1
     state = n["total"] * (4 + (4 / shard if "stage_2" in strategy else 4) + (8 / shard if "stage" in strategy else 8))
     tokens = micro * T

@@ -27,7 +27,8 @@ def global_norm(grads: FastWeights) -> Tensor:
     A non-finite gradient gives a non-finite norm (``!= 0``, not ``> 0``: NaN compares false to
     everything, and ``> 0`` reported it as 0).
     """
-    squared = sum(g.pow(2).flatten(1).sum(-1) for g in grads.values())
+    flat = torch.cat([g.flatten(1) for g in grads.values()], dim=1)  # [B, N]: one reduction for all tensors
+    squared = torch.linalg.vecdot(flat, flat)  # [B]
     nonzero = squared != 0
     return torch.where(nonzero, torch.where(nonzero, squared, 1.0).sqrt(), 0.0)
 
@@ -41,7 +42,10 @@ def sgd_step(fast: FastWeights, grads: FastWeights, lr: float, clip: float) -> t
     """``Φ ← Φ − lr · clip(g)``; returns the new weights and the pre-clipping norms [B]."""
     norm = global_norm(grads)
     scale = lr * clip_scale(norm, clip)  # [B]
-    new = {name: w - scale.view(-1, *([1] * (w.dim() - 1))).to(w.dtype) * grads[name] for name, w in fast.items()}
+    new = {}
+    for name, w in fast.items():
+        # w - scale·g in one fused op (and one backward node) per tensor
+        new[name] = torch.addcmul(w, scale.view(-1, *([1] * (w.dim() - 1))).to(w.dtype), grads[name], value=-1)
     return new, norm
 
 
