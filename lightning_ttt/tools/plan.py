@@ -94,7 +94,7 @@ def render(p: dict[str, Any], vocabulary: str) -> str:
         f"attention        {p['attention']}",
         f"batch            {p['world']} devices x {p['micro_batch']} x {p['seq_len']} tokens x accumulate "
         f"{p['accumulate']} = {p['tokens_per_step']:,} tokens/step ({p['strategy']})",
-        f"FLOPs/token      {p['flops_per_token'] / 1e9:.2f} GFLOP (6N + 12·L·d·ctx [+ 12·N_suffix+head for e2e])",
+        f"FLOPs/token      {p['flops_per_token'] / 1e9:.2f} GFLOP (matrix products, forward + backward; e2e adds its inner gradient and the second-order backward)",
         f"memory/device    {p['memory_gb']:.1f} GB = {p['state_gb']:.1f} GB weights+grads+AdamW (fp32) + "
         f"{p['activation_gb']:.1f} GB activations (checkpoint_blocks={p['checkpoint_blocks']}, "
         f"checkpoint_chunks={p['checkpoint_chunks']})",
