@@ -256,17 +256,21 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in (*LIGHTNING, *TOOLS):
         return error(None, ValueError(f"unknown command {argv[0]!r}; expected one of {', '.join((*LIGHTNING, *TOOLS))}"))
     note = use_default_threads()
-    if note and argv[0] in LIGHTNING and not any(a.startswith("--trainer.threads") for a in argv):  # say why
-        print(f"ttt {argv[0]}: {note}", file=sys.stderr)
     if argv[0] in TOOLS:
         return run_tool(argv[0], argv[1:])
     from lightning_ttt.lit.cli import SettingsError, cli_main
     from lightning_ttt.lit.guard import NonFiniteError
+    from lightning_ttt.lit.messages import holding_messages
 
-    try:
-        cli_main(None if from_command_line else argv)
-    except SettingsError as err:  # before training starts; other errors while it runs keep their traceback
-        return error(argv[0], err)
-    except NonFiniteError as err:  # the run diverged: one line naming the step and the quantity
-        return error(argv[0], err, code=1)
+    with holding_messages() as held:  # Lightning's start-up notes print once the run starts, not before an error
+        if note and not any(a.startswith("--trainer.threads") for a in argv):  # say why
+            held.note(f"ttt {argv[0]}: {note}")
+        try:
+            cli_main(None if from_command_line else argv)
+        except SettingsError as err:  # before training starts; other errors while it runs keep their traceback
+            held.discard()
+            return error(argv[0], err)
+        except NonFiniteError as err:  # the run diverged: one line naming the step and the quantity
+            held.show()
+            return error(argv[0], err, code=1)
     return 0

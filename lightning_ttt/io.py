@@ -66,6 +66,31 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> None:
         plt.close(fig)
 
 
+def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, Any]:
+    """The tensors of a ``.safetensors`` file; a damaged file is a one-line ``ValueError`` naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=device)
+    except SafetensorError as err:  # truncated or overwritten
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise ValueError(f"{path} is damaged ({first}); write it again (e.g. ttt export)") from None
+
+
+def yaml_problem(text: str) -> str | None:
+    """Where and why ``text`` is not valid YAML (``line 3, column 12: did not find expected ','``), or None."""
+    import yaml
+
+    try:
+        yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        return f"{where}{getattr(err, 'problem', None) or type(err).__name__}"
+    return None
+
+
 def check_out_dir(path: str | os.PathLike, overwrite: bool) -> None:
     """Refuse a non-empty results folder unless ``overwrite`` (FileExistsError, one line)."""
     path = Path(path)

@@ -13,6 +13,7 @@ import json
 import os
 import sysconfig
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from lightning_ttt.data.tokenizer import to_text
@@ -76,32 +77,64 @@ def file_kind(path: Path) -> str:
 
 
 def check_file(path: Path, kind: str, text_field: str) -> None:
-    """Fail early, in one line, on an empty file or a first record without the text field."""
+    """Fail early, in one line, on an empty file or a parquet file without the text field (the records
+    themselves are checked by ``data.scan.scan_files``)."""
     name = path.as_posix()
     if path.stat().st_size == 0:
         raise ValueError(f"{name}: file is empty, expected at least one document")
-    if kind in ("jsonl", "json"):
-        next(read_file(str(path), name, kind, text_field, "replace"), None)
-    elif kind == "parquet":
+    if kind == "parquet":
         import pyarrow.parquet as pq
 
-        columns = pq.read_schema(path).names
+        try:
+            columns = pq.read_schema(path).names
+        except Exception as err:  # pyarrow raises ArrowInvalid (a ValueError) or OSError for a damaged file
+            raise ValueError(f"{name}: not a readable parquet file ({_first_line(err)})") from None
         if text_field not in columns:
             raise ValueError(f"{name}: parquet file has no text field {text_field!r} (columns: {', '.join(columns)}; "
                              "set data.text_field)")
 
 
+@dataclass(frozen=True)
+class BadRecord:
+    """A record that cannot be used: where it is (``file:line``) and why."""
+
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
 def generate_records(paths: list[str], names: list[str], kinds: list[str], text_field: str,
-                     invalid_utf8: str) -> Iterator[dict]:
+                     invalid_utf8: str, on_bad_record: str = "error", utf8_text: bool = False) -> Iterator[dict]:
     """Records of the given files in order: the generator behind the ``datasets`` stream (one shard per file)."""
     for path, name, kind in zip(paths, names, kinds, strict=True):
-        yield from read_file(path, name, kind, text_field, invalid_utf8)
+        yield from read_file(path, name, kind, text_field, invalid_utf8, on_bad_record, utf8_text)
 
 
-def read_file(path: str, name: str, kind: str, text_field: str, invalid_utf8: str) -> Iterator[dict]:
-    """Records of one file; ``name`` prefixes each record's name."""
+def read_file(path: str, name: str, kind: str, text_field: str, invalid_utf8: str, on_bad_record: str = "error",
+              utf8_text: bool = False) -> Iterator[dict]:
+    """Records of one file; ``name`` prefixes each record's name. A bad record raises a one-line
+    ``ValueError`` (``on_bad_record="error"``) or is left out (``"skip"``)."""
+    for record in scan_file(path, name, kind, text_field, invalid_utf8, utf8_text):
+        if isinstance(record, BadRecord):
+            if on_bad_record == "skip":
+                continue
+            raise ValueError(str(record))
+        yield record
+
+
+def scan_file(path: str, name: str, kind: str, text_field: str, invalid_utf8: str,
+              utf8_text: bool = False) -> Iterator[dict | BadRecord]:
+    """Every record of one file, or a ``BadRecord`` in its place; a problem with the whole file (not
+    JSON, not parquet) raises a one-line ``ValueError``. ``utf8_text``: a ``.txt`` file must be valid
+    UTF-8 under ``invalid_utf8="error"`` (a text tokenizer will decode it)."""
     if kind == "txt":  # empty user files were rejected by check_file; empty stdlib files are short documents
-        yield {"name": name, "text": Path(path).read_bytes()}
+        data = Path(path).read_bytes()
+        if utf8_text and invalid_utf8 == "error" and (bad := _bad_utf8_offset(data)) is not None:
+            yield BadRecord(name, f"invalid UTF-8 at byte offset {bad} {_UTF8_HINT}")
+        else:
+            yield {"name": name, "text": data}
     elif kind == "jsonl":
         yield from _read_jsonl(path, name, text_field, invalid_utf8)
     elif kind == "json":
@@ -114,7 +147,7 @@ def read_file(path: str, name: str, kind: str, text_field: str, invalid_utf8: st
         raise ValueError(f"{name}: unknown record kind {kind!r}")
 
 
-def _read_jsonl(path: str, name: str, text_field: str, invalid_utf8: str) -> Iterator[dict]:
+def _read_jsonl(path: str, name: str, text_field: str, invalid_utf8: str) -> Iterator[dict | BadRecord]:
     found = False
     offset = 0
     with open(path, "rb") as f:
@@ -123,31 +156,37 @@ def _read_jsonl(path: str, name: str, text_field: str, invalid_utf8: str) -> Ite
             start, offset = offset, offset + len(line)
             if not line.strip():
                 continue
-            try:
-                text = to_text(line, where, invalid_utf8)
-            except ValueError:
-                bad = start + _bad_utf8_offset(line)
-                raise ValueError(f"{name}:{line_no}: invalid UTF-8 at byte offset {bad} of the file "
-                                 "(data.invalid_utf8='error'; set it to 'replace' to substitute U+FFFD)") from None
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: line {line_no} is not valid JSON ({err})") from None
             found = True
-            yield {"name": where, "text": _field(record, text_field, where)}
+            if invalid_utf8 == "error" and (bad := _bad_utf8_offset(line)) is not None:
+                yield BadRecord(where, f"invalid UTF-8 at byte offset {start + bad} of the file {_UTF8_HINT}")
+                continue
+            try:
+                record = json.loads(to_text(line, where, invalid_utf8))
+            except json.JSONDecodeError as err:
+                yield BadRecord(where, f"line {line_no} is not valid JSON ({err})")
+                continue
+            yield _field(record, text_field, where, where)
     if not found:
         raise ValueError(f"{name}: no JSON lines found, expected one JSON object per line")
 
 
-def _bad_utf8_offset(data: bytes) -> int:
+_UTF8_HINT = "(data.invalid_utf8='error'; set it to 'replace' to substitute U+FFFD)"
+
+
+def _bad_utf8_offset(data: bytes) -> int | None:
+    """Offset of the first invalid UTF-8 byte of ``data``, or None when it decodes."""
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as err:
         return err.start
-    return 0
+    return None
 
 
-def _read_json(path: str, name: str, text_field: str, invalid_utf8: str) -> Iterator[dict]:
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
+def _read_json(path: str, name: str, text_field: str, invalid_utf8: str) -> Iterator[dict | BadRecord]:
     try:
         records = json.loads(to_text(Path(path).read_bytes(), name, invalid_utf8))
     except json.JSONDecodeError as err:
@@ -155,10 +194,10 @@ def _read_json(path: str, name: str, text_field: str, invalid_utf8: str) -> Iter
     if not isinstance(records, list) or not records:
         raise ValueError(f"{name}: expected a non-empty JSON list of objects with field {text_field!r}")
     for i, record in enumerate(records):
-        yield {"name": f"{name}:{i}", "text": _field(record, text_field, f"{name}: record {i}")}
+        yield _field(record, text_field, f"{name}:{i}", f"{name}: record {i}")
 
 
-def _read_parquet(path: str, name: str, text_field: str) -> Iterator[dict]:
+def _read_parquet(path: str, name: str, text_field: str) -> Iterator[dict | BadRecord]:
     import pyarrow.parquet as pq
 
     file = pq.ParquetFile(path)
@@ -168,7 +207,7 @@ def _read_parquet(path: str, name: str, text_field: str) -> Iterator[dict]:
     for batch in file.iter_batches(batch_size=_PARQUET_BATCH, columns=[text_field]):
         for text in batch.column(0).to_pylist():
             where = f"{name}:{row}"
-            yield {"name": where, "text": _field({text_field: text}, text_field, where)}
+            yield _field({text_field: text}, text_field, where, where)
             row += 1
 
 
@@ -185,10 +224,11 @@ def _read_tokens(path: str) -> Iterator[dict]:
             yield {"name": doc, "tokens": values[offsets[i]:offsets[i + 1]]}
 
 
-def _field(record: object, text_field: str, where: str) -> str:
+def _field(record: object, text_field: str, name: str, where: str) -> dict | BadRecord:
+    """The record ``{"name": name, "text": ...}``, or a ``BadRecord`` located at ``where``."""
     if not isinstance(record, dict) or text_field not in record:
-        raise ValueError(f"{where}: record has no text field {text_field!r} (set data.text_field to the right key)")
+        return BadRecord(where, f"record has no text field {text_field!r} (set data.text_field to the right key)")
     text = record[text_field]
     if not isinstance(text, str):
-        raise ValueError(f"{where}: field {text_field!r} must be a string, got {type(text).__name__}")
-    return text
+        return BadRecord(where, f"field {text_field!r} must be a string, got {type(text).__name__}")
+    return {"name": name, "text": text}

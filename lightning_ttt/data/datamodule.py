@@ -11,9 +11,10 @@ from torch.utils.data import DataLoader
 
 from lightning_ttt.data.packing import PACKINGS, TAILS
 from lightning_ttt.data.manifest import check_tokenizer
+from lightning_ttt.data.scan import check_on_bad_record
 from lightning_ttt.data.sources import Records, open_records
 from lightning_ttt.data.stream import StreamSpec, TrainStream
-from lightning_ttt.data.tokenizer import INVALID_UTF8, load_tokenizer
+from lightning_ttt.data.tokenizer import INVALID_UTF8, ByteTokenizer, load_tokenizer
 from lightning_ttt.data.validation import ValidationWindows, collect_windows, first_windows
 
 STATE_FORMAT = 1
@@ -56,6 +57,9 @@ class LongContextDataModule(L.LightningDataModule):
         invalid_utf8: text tokenizers: ``error`` names the file and byte offset, ``replace`` uses
             U+FFFD. The byte tokenizer keeps the bytes of ``.txt`` files as they are.
         exact_resume: restore the data position from checkpoints (False: restart the stream).
+        on_bad_record: every record of the local files is read before training starts; ``error`` stops
+            there naming the first bad record (``file:line``), ``skip`` counts and reports bad records
+            and leaves them out.
     """
 
     def __init__(
@@ -79,8 +83,10 @@ class LongContextDataModule(L.LightningDataModule):
         seed: int = 0,
         invalid_utf8: Literal["error", "replace"] = "error",
         exact_resume: bool = True,
+        on_bad_record: Literal["error", "skip"] = "error",
     ) -> None:
         super().__init__()
+        check_on_bad_record(on_bad_record)
         _check_settings(sources, val_sources, packing, seq_len, batch_size, min_doc_tokens, tail, val_fraction,
                         max_val_windows, shuffle_buffer, num_workers, distribute, invalid_utf8)
         self.save_hyperparameters()
@@ -94,6 +100,7 @@ class LongContextDataModule(L.LightningDataModule):
         self.shuffle_buffer, self.num_workers, self.seed = shuffle_buffer, num_workers, seed
         self.distribute = distribute
         self.invalid_utf8, self.exact_resume = invalid_utf8, exact_resume
+        self.on_bad_record = on_bad_record
         self.tokenizer = load_tokenizer(tokenizer, bos_token, eos_token, invalid_utf8)
         self.train_records: Records | None = None
         self.validation: tuple | None = None  # (windows [N, T+1], valid [N]) for all ranks
@@ -157,7 +164,10 @@ class LongContextDataModule(L.LightningDataModule):
         self.train_records = records
 
     def _open(self, sources: list[str], setting: str) -> Records:
-        records = open_records(sources, self.text_field, self.invalid_utf8, setting)
+        records = open_records(sources, self.text_field, self.invalid_utf8, setting, on_bad_record=self.on_bad_record,
+                               utf8_text=not isinstance(self.tokenizer, ByteTokenizer))
+        if records.scan is not None and records.scan.bad:
+            rank_zero_warn(f"{setting}: {records.scan.summary()}")
         for directory, manifest in records.manifests:
             check_tokenizer(directory, manifest, self.tokenizer)
         return records

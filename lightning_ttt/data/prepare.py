@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -23,7 +24,7 @@ import numpy as np
 from lightning_ttt.data.documents import DocumentReader
 from lightning_ttt.data.manifest import FORMAT, MANIFEST
 from lightning_ttt.data.sources import first_record, open_records
-from lightning_ttt.data.tokenizer import load_tokenizer
+from lightning_ttt.data.tokenizer import ByteTokenizer, load_tokenizer
 from lightning_ttt.io import atomic_write_json
 
 _ROWS_PER_WRITE = 64  # documents buffered before a parquet row group is written
@@ -31,12 +32,15 @@ _ROWS_PER_WRITE = 64  # documents buffered before a parquet row group is written
 
 def prepare(sources: Sequence[str], out: str | Path, tokenizer: str = "bytes", text_field: str = "text",
             bos_token: str | None = None, eos_token: str | None = None, invalid_utf8: str = "error",
-            overwrite: bool = False, progress: bool = True) -> dict:
+            overwrite: bool = False, progress: bool = True, on_bad_record: str = "error") -> dict:
     """Tokenize ``sources`` into ``out``; returns the finished manifest."""
     from tqdm.auto import tqdm
 
     tok = load_tokenizer(tokenizer, bos_token, eos_token, invalid_utf8)
-    records = open_records(list(sources), text_field, invalid_utf8, setting="sources")
+    records = open_records(list(sources), text_field, invalid_utf8, setting="sources", on_bad_record=on_bad_record,
+                           utf8_text=not isinstance(tok, ByteTokenizer), progress=None if progress else False)
+    if records.scan is not None and records.scan.bad:
+        print(f"ttt prepare: {records.scan.summary()}", file=sys.stderr)
     out = Path(out)
     settings = {
         "format": FORMAT, "sources": list(sources), "text_field": text_field, "invalid_utf8": invalid_utf8,
@@ -125,7 +129,8 @@ def _write_shard(out: Path, index: int, docs, dtype: str, bar) -> dict:
 
 def prepare_command(sources: list[str], /, *, out: str, tokenizer: str = "bytes", text_field: str = "text",
                     bos_token: str | None = None, eos_token: str | None = None,
-                    invalid_utf8: Literal["error", "replace"] = "error", overwrite: bool = False) -> int:
+                    invalid_utf8: Literal["error", "replace"] = "error", overwrite: bool = False,
+                    on_bad_record: Literal["error", "skip"] = "error") -> int:
     """Tokenize sources once into parquet token shards plus manifest.json.
 
     Train on them with --data.sources '[DIR]' and the same --data.tokenizer; rerunning an interrupted
@@ -140,8 +145,11 @@ def prepare_command(sources: list[str], /, *, out: str, tokenizer: str = "bytes"
         eos_token: EOS token of a Hugging Face tokenizer (default: detected).
         invalid_utf8: text tokenizers: stop at invalid UTF-8, or replace it with U+FFFD.
         overwrite: replace an existing preparation in --out.
+        on_bad_record: every record is read first; stop at the first bad one (naming file:line), or skip
+            bad records (counted).
     """
-    manifest = prepare(sources, out, tokenizer, text_field, bos_token, eos_token, invalid_utf8, overwrite)
+    manifest = prepare(sources, out, tokenizer, text_field, bos_token, eos_token, invalid_utf8, overwrite,
+                       on_bad_record=on_bad_record)
     docs = sum(s["num_docs"] for s in manifest["shards"])
     tokens = sum(s["num_tokens"] for s in manifest["shards"])
     size = sum((Path(out) / s["file"]).stat().st_size for s in manifest["shards"])

@@ -26,6 +26,7 @@ from lightning_ttt.data.corpus import (
     stdlib_files,
 )
 from lightning_ttt.data.manifest import MANIFEST, read_manifest
+from lightning_ttt.data.scan import ScanReport, check_on_bad_record, scan_files
 
 HUB = "hf:"
 
@@ -38,6 +39,7 @@ class Records:
     text_key: str
     description: str
     manifests: list[tuple[Path, dict]] = field(default_factory=list)  # prepared directories and their manifests
+    scan: ScanReport | None = None  # what the up-front check of every local record found (None: not checked)
 
     @property
     def num_shards(self) -> int:
@@ -60,10 +62,15 @@ def parse_hub(spec: str) -> tuple[str, str | None, str]:
 
 
 def open_records(sources: Sequence[str], text_field: str = "text", invalid_utf8: str = "error",
-                 setting: str = "data.sources", check: bool = True) -> Records:
-    """One record stream over ``sources``; with ``check``, local files are checked up front."""
+                 setting: str = "data.sources", check: bool = True, on_bad_record: str = "error",
+                 utf8_text: bool = False, progress: bool | None = None) -> Records:
+    """One record stream over ``sources``; with ``check``, every record of the local files is read up
+    front (``data.scan``). ``on_bad_record``: ``error`` (a one-line error naming ``file:line``) or
+    ``skip`` (bad records counted, then left out of the stream). ``utf8_text``: ``.txt`` files must be
+    valid UTF-8 too (a text tokenizer under ``invalid_utf8="error"`` reads them)."""
     if isinstance(sources, str) or not sources:
         raise ValueError(f"{setting} must be a non-empty list of source specs, got {sources!r}")
+    check_on_bad_record(on_bad_record)
     description = f"[{', '.join(sources)}]"
     hub = [s for s in sources if s.startswith(HUB)]
     if hub:
@@ -71,7 +78,7 @@ def open_records(sources: Sequence[str], text_field: str = "text", invalid_utf8:
             raise ValueError(f"{setting}={description}: a hub source must be the only source "
                              "(prepare several corpora into local shards with `ttt prepare` to mix them)")
         return _open_hub(hub[0], text_field, description)
-    return _open_local(sources, text_field, invalid_utf8, description, check)
+    return _open_local(sources, text_field, invalid_utf8, description, check, on_bad_record, utf8_text, progress)
 
 
 def _open_hub(spec: str, text_field: str, description: str) -> Records:
@@ -106,8 +113,8 @@ def name_within_source(source: str, path: Path) -> str:
         return path.as_posix()
 
 
-def _open_local(sources: Sequence[str], text_field: str, invalid_utf8: str, description: str,
-                check: bool) -> Records:
+def _open_local(sources: Sequence[str], text_field: str, invalid_utf8: str, description: str, check: bool,
+                on_bad_record: str, utf8_text: bool, progress: bool | None) -> Records:
     from datasets import IterableDataset
 
     paths: list[str] = []
@@ -131,7 +138,9 @@ def _open_local(sources: Sequence[str], text_field: str, invalid_utf8: str, desc
             if check:
                 check_file(path, kind, text_field)
             paths.append(str(path)), names.append(name_within_source(source, path)), kinds.append(kind)
+    scan = scan_files(paths, names, kinds, text_field, invalid_utf8, on_bad_record, utf8_text, progress) \
+        if check else None
     gen_kwargs = {"paths": paths, "names": names, "kinds": kinds, "text_field": text_field,
-                  "invalid_utf8": invalid_utf8}
+                  "invalid_utf8": invalid_utf8, "on_bad_record": on_bad_record, "utf8_text": utf8_text}
     dataset = IterableDataset.from_generator(generate_records, gen_kwargs=gen_kwargs)
-    return Records(dataset, "text", description, manifests)
+    return Records(dataset, "text", description, manifests, scan)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal
 
 from lightning_ttt.config import ModelConfig, read_export_meta
 from lightning_ttt.data.datamodule import LongContextDataModule
-from lightning_ttt.infer.loading import config_from_hparams, read_checkpoint
+from lightning_ttt.infer.loading import check_model_dir, config_from_hparams, read_checkpoint
 from lightning_ttt.io import atomic_write_json, atomic_write_text, check_out_dir, replacing_dir, save_figure
 from lightning_ttt.lit.module import TTTLanguageModel, load_weights, module_from_checkpoint
 from lightning_ttt.lit.trainer import TTTTrainer
@@ -233,6 +233,8 @@ def eval_context(ckpt: str | None = None, /, *, lengths: list[int], out: str,
         threads: CPU threads (default: the cores not already busy).
         overwrite: replace a non-empty --out (whole, once the evaluation finishes).
     """
+    if model_dir is not None:
+        check_model_dir(model_dir)  # a damaged directory: one line now, not after the data is read
     overrides = {} if min_doc_tokens is None else {"min_doc_tokens": min_doc_tokens}
     trainer_kwargs = {"accelerator": accelerator, "devices": 1, "precision": precision,
                       "enable_progress_bar": progress, "threads": threads}

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 
 from lightning_ttt.config import SAME_WEIGHTS_METHODS, ModelConfig
-from lightning_ttt.infer.loading import load_model_dir
+from lightning_ttt.infer.loading import check_model_dir, load_model_dir
 from lightning_ttt.infer.session import InferenceSession
 from lightning_ttt.model.transformer import Transformer
 
@@ -169,11 +169,22 @@ def write_tensorboard(rows: list[dict], logdir: Path) -> None:
                 writer.add_scalar(f"infer/{r['method']}/{key}", r[key], global_step=r["context"])
 
 
+def check_bench_args(lengths: Sequence[int], out: str, overwrite: bool, model_dir: str | None) -> None:
+    """One-line errors, before any measurement: lengths, results already written, a damaged model directory."""
+    if not lengths or min(lengths) < 1:
+        raise ValueError(f"--lengths {' '.join(map(str, lengths))}: expected one or more context lengths >= 1")
+    written = [p for p in (Path(f"{out}.json"), Path(f"{out}.png")) if p.exists()]
+    if written and not overwrite:
+        raise FileExistsError(f"--out {out}: {written[0]} exists; pass --overwrite to replace it")
+    if model_dir is not None:
+        check_model_dir(model_dir)
+
+
 def bench(*, methods: Sequence[Literal["fa", "swa", "e2e"]] | None = None, lengths: Sequence[int] = DEFAULT_LENGTHS,
           preset: str = "debug", model_dir: str | None = None, window: int | None = None,
           mini_batch: int | None = None, decode: int = 128, piece: int = 4096, threads: int = 1, device: str = "cpu",
           timeout: float = 3600, out: str = "bench-results/infer_speed", tensorboard: str | None = None,
-          progress: bool = True) -> int:
+          progress: bool = True, overwrite: bool = False) -> int:
     """Inference speed and memory against context length for fa, swa and e2e (prints and plots; never asserts).
 
     Each (method, context) runs in a fresh process; the default geometry is the paper's at 1/8.
@@ -193,7 +204,9 @@ def bench(*, methods: Sequence[Literal["fa", "swa", "e2e"]] | None = None, lengt
         out: writes OUT.json and OUT.png.
         tensorboard: also write TensorBoard scalars to this directory.
         progress: show a progress bar over the measurements (--no-progress: do not).
+        overwrite: replace an existing OUT.json / OUT.png.
     """
+    check_bench_args(lengths, out, overwrite, model_dir)
     settings = Settings(preset, window, mini_batch, decode, piece, threads, device, model_dir)
     methods = resolve_methods(settings, methods)
     for method in methods:

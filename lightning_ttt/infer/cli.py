@@ -77,6 +77,12 @@ def generate(*, ckpt: str | None = None, model_dir: str | None = None, prompt_fi
     """
     if max_new_tokens <= 0:
         raise ValueError(f"--max-new-tokens={max_new_tokens} must be >= 1")
+    try:  # bad sampling settings are reported before the model loads, under their option names
+        SamplingConfig(greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
+                       repetition_penalty=repetition_penalty)
+    except ValueError as err:
+        name, _, rest = str(err).partition("=")  # "top_p=2.0 must be ..." -> "--top-p=2.0 must be ..."
+        raise ValueError(f"--{name.replace('_', '-')}={rest}") from None
     if threads:
         torch.set_num_threads(threads)
     loaded = load_any(ckpt, model_dir)

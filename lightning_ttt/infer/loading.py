@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from lightning_ttt.config import EXPORT_WEIGHTS, ModelConfig, read_export_meta
+from lightning_ttt.io import load_safetensors
 from lightning_ttt.data.tokenizer import Tokenizer, load_tokenizer
 from lightning_ttt.model.transformer import Transformer
 from lightning_ttt.model.weights import load_strict
@@ -95,12 +95,30 @@ def load_model_dir(path: str | Path, map_location: str = "cpu") -> LoadedModel:
     if not (path / EXPORT_WEIGHTS).is_file():
         raise FileNotFoundError(f"{path} is not an exported model directory (no {EXPORT_WEIGHTS})")
     cfg = ModelConfig.from_exported(path)
-    state = load_file(str(path / EXPORT_WEIGHTS), device=str(map_location))
+    state = load_safetensors(path / EXPORT_WEIGHTS, device=str(map_location))
     with torch.device("meta"):
         model = Transformer(cfg)
     load_strict(model, state, str(path), assign=True)
     model.eval()
     return LoadedModel(model, make_update(model.cfg), _tokenizer_in(path, meta.get("tokenizer", "bytes")), str(path))
+
+
+def check_model_dir(path: str | Path) -> None:
+    """A one-line error unless ``path`` holds an exported model whose config and weights header read
+    (the weights themselves are not loaded)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    read_export_meta(path)
+    weights = path / EXPORT_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{path} is not an exported model directory (no {EXPORT_WEIGHTS})")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()
+    except SafetensorError as err:
+        raise ValueError(f"{weights} is damaged ({str(err).strip().splitlines()[0][:160]}); write it again "
+                         "(e.g. ttt export)") from None
 
 
 def fitting_tokenizer(spec: str, cfg: ModelConfig) -> Tokenizer:

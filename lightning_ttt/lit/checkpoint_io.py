@@ -22,10 +22,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"AtomicCheckpointIO does not take storage_options, got {storage_options!r}")
-        atomic_write(path, lambda f: torch.save(checkpoint, f))
+        try:
+            atomic_write(path, lambda f: torch.save(checkpoint, f))
+        except Exception as err:  # torch.save wraps a failed write (e.g. a full disk) in a RuntimeError
+            cause = _os_error(err)
+            if cause is None:
+                raise
+            raise OSError(cause.errno, f"writing checkpoint {path} failed ({cause.strerror}: is the disk full?); "
+                                       "the previous file there is unchanged") from err
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def _os_error(err: BaseException | None) -> OSError | None:
+    """The first ``OSError`` in ``err``'s chain of causes and contexts."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

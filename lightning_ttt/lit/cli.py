@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +15,8 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 
 from lightning_ttt.config import resolved_settings
 from lightning_ttt.data.datamodule import LongContextDataModule
+from lightning_ttt.io import yaml_problem
+from lightning_ttt.lit.messages import release_callbacks
 from lightning_ttt.lit.module import TTTLanguageModel
 from lightning_ttt.lit.resume import check_resume
 from lightning_ttt.lit.trainer import TTTTrainer
@@ -30,6 +34,20 @@ def explain(err: ArgumentError) -> str:
         return message.splitlines()[0]
     detail = re.sub(r"Expected an? <class '(\w+)'>", r"expected \1", key.group(2).splitlines()[0].strip())
     return f"--{key.group(1)}: {detail}"
+
+
+def broken_config(args: ArgsType) -> str | None:
+    """``--config FILE: not valid YAML (line 3, ...)`` for the first ``--config`` file of ``args`` that is
+    not YAML (jsonargparse's message does not name the file), else None."""
+    args = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:]
+    for i, arg in enumerate(args):
+        path = args[i + 1] if arg == "--config" and i + 1 < len(args) else arg.partition("=")[2] \
+            if arg.startswith("--config=") else None
+        if path and Path(path).is_file():
+            problem = yaml_problem(Path(path).read_text(errors="replace"))
+            if problem is not None:
+                return f"--config {path}: not valid YAML ({problem})"
+    return None
 
 
 def settings_errors(hook: Callable[..., Any]) -> Callable[..., Any]:
@@ -78,7 +96,7 @@ class TTTLightningCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
-            raise SettingsError(explain(err)) from err
+            raise SettingsError(broken_config(args) or explain(err)) from err
 
     def _parse_ckpt_path(self) -> None:
         """Keep the config given: LightningCLI would replace its model settings with the ones saved in
@@ -99,9 +117,11 @@ class TTTLightningCLI(LightningCLI):
         if ckpt_path:
             check_resume(str(ckpt_path), self.model)
         try:
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ModuleNotFoundError) as err:  # e.g. an accelerator this machine lacks
             raise SettingsError(f"trainer: {str(err).strip()}") from err
+        trainer.callbacks.extend(release_callbacks())  # the start-up messages held by `ttt` print as the run starts
+        return trainer
 
 
 def cli_main(args: ArgsType = None, run: bool = True) -> TTTLightningCLI:

@@ -8,17 +8,18 @@ module's ``training_step`` returns the meta loss; ``inner_update`` is the inner 
 from __future__ import annotations
 
 import math
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lightning_ttt.config import EXPORT_WEIGHTS, NOT_SETTINGS, PRESETS, Method, ModelConfig, ModelSettings, settings_dict
 from lightning_ttt.infer.loading import model_state
+from lightning_ttt.io import load_safetensors
 from lightning_ttt.lit.callbacks import HparamsSummary, PositionReport, TrainThroughput
 from lightning_ttt.lit.guard import NonFiniteGuard, NonFinitePolicy
 from lightning_ttt.lit.sharding import strategy_problem
@@ -313,12 +314,17 @@ def load_weights(module: L.LightningModule, path: str) -> None:
     if Path(path).is_dir():
         saved = exported_state(module.cfg, path)
     else:
+        if not Path(path).exists():
+            raise ValueError(f"model.init_from={path}: no such checkpoint or exported model directory")
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+            raise ValueError(f"model.init_from={path}: not a checkpoint (not an archive written by torch.save)")
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-        except FileNotFoundError:
-            raise ValueError(f"model.init_from={path}: no such checkpoint or exported model directory") from None
         except (KeyError, TypeError):
             raise ValueError(f"model.init_from={path}: not a Lightning checkpoint (no state_dict)") from None
+        except Exception as err:  # a damaged archive, or content that safe loading refuses
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise ValueError(f"model.init_from={path}: not a loadable checkpoint ({first})") from None
     own = {k: v for k, v in module.state_dict().items() if k.startswith("model.")}
     saved = {k: v for k, v in saved.items() if k.startswith("model.")}
     missing, unexpected, wrong = state_mismatch(own, saved)
@@ -350,7 +356,7 @@ def exported_state(cfg: ModelConfig, path: str | Path) -> dict[str, Tensor]:
     weights = Path(path) / EXPORT_WEIGHTS
     if not weights.is_file():
         raise ValueError(f"model.init_from={path}: no {EXPORT_WEIGHTS} in the directory")
-    return {f"model.{name}": tensor for name, tensor in load_file(str(weights)).items()}
+    return {f"model.{name}": tensor for name, tensor in load_safetensors(weights).items()}
 
 
 def adopt_settings(optimizer: torch.optim.Optimizer, scheduler: Any, configured: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from lightning_ttt.config import METHODS
+from lightning_ttt.io import yaml_problem
 
 _SECTIONS = {"name", "out_dir", "methods", "grid", "base", "pretrain", "extend", "evaluate", "where"}
 _PRETRAIN = {"seq_len", "set", "share"}
@@ -123,7 +124,11 @@ def load_spec(path: str | Path, out_dir: str | Path | None = None) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sweep file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    text = path.read_text()
+    problem = yaml_problem(text)
+    if problem is not None:
+        raise ValueError(f"{path}: not valid YAML ({problem})")
+    raw = yaml.safe_load(text) or {}
     if not isinstance(raw, dict) or not isinstance(raw.get("sweep"), dict):
         raise ValueError(f"{path}: expected a top-level `sweep:` section")
     s = raw["sweep"]

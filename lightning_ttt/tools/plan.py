@@ -115,6 +115,9 @@ def plan_command(argv: Sequence[str], /) -> int:
     ``--key value`` overrides such as ``--model.config.window 256`` (``ttt plan --help`` lists them).
     """
     settings = parse_recipe(argv, prog="ttt plan").as_dict()
+    max_steps = (settings.get("trainer") or {}).get("max_steps")
+    if isinstance(max_steps, int) and max_steps < -1:
+        raise ValueError(f"--trainer.max_steps={max_steps}: expected a number of steps >= 0, or -1 (no limit)")
     cfg, vocabulary = recipe_model(settings)
     print(render(plan(settings, cfg), vocabulary))
     return 0

@@ -1,0 +1,38 @@
+"""Crash safety of atomic writes: a full disk (RLIMIT_FSIZE) while saving a checkpoint leaves the
+previous file intact and no temporary file behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from lightning_ttt.lit.checkpoint_io import AtomicCheckpointIO
+
+
+@pytest.mark.slow  # a subprocess importing torch
+def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(4)}}, path)
+    before = path.read_bytes()
+    script = textwrap.dedent(f"""
+        import resource, signal, sys, torch
+        from lightning_ttt.lit.checkpoint_io import AtomicCheckpointIO
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # a disk with 200 kB left
+        try:
+            AtomicCheckpointIO().save_checkpoint({{"state_dict": {{"w": torch.ones(1_000_000)}}}}, {str(path)!r})
+        except OSError as err:
+            assert 'last.ckpt' in str(err) and 'disk' in str(err), err
+            print(type(err).__name__, err.errno)
+            sys.exit(3)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr  # the write failed with an OSError (not silently)
+    assert done.stdout.split() == ["OSError", "27"]  # EFBIG, reported as such (the message names the file)
+    assert path.read_bytes() == before  # the previous checkpoint is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no partial or temporary file
+    assert torch.load(path, weights_only=True)["state_dict"]["w"].shape == (4,)
