@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right
 
 QUERY_BLOCK = 256  # queries per block in blockwise sliding-window attention (each sees block + k - 1 keys)
 
@@ -86,6 +87,48 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, kernel: str, ca
     if kernel == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
     raise ValueError(f"attend: unsupported kernel {kernel!r}")
+
+
+def chunk_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, past: int | None, kernel: str,
+                    causal_past: bool = False) -> Tensor:
+    """A chunk of queries q [B, H, C, hd] against its keys k, v [B, Hkv, tk, hd], allowed by ``mask`` [C, tk].
+
+    ``causal_past``: the keys are [older keys ; the chunk's own] with the own ones from index ``past``
+    on and every older key visible to every query (full attention). Then, without gradients, no
+    [C, tk] mask is built: flash-attn or SDPA align the causal mask to the bottom right on CUDA, and on
+    the CPU the older and own keys are attended separately and merged by their log-sum-exps.
+    """
+    chunk = q.shape[-2]
+    fused = causal_past and past and chunk > 1 and kernel != "explicit" and not (
+        torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+    if not fused:
+        return attend(q, k, v, mask, kernel)
+    if q.is_cuda:
+        if flash_attn_available():
+            return _flash_attn_sequence(q, k, v, None).to(q.dtype)  # flash-attn's causal mask is bottom-right aligned
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(chunk, k.shape[-2]),
+                                              enable_gqa=k.shape[1] != q.shape[1])
+    if not hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        return attend(q, k, v, mask, kernel)
+    return _merged_past_and_own(q, k, v, past)
+
+
+def _merged_past_and_own(q: Tensor, k: Tensor, v: Tensor, past: int) -> Tensor:
+    """Softmax over [past keys (all visible) ; own keys (causal)] from two fused CPU calls and their log-sum-exps."""
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    batch, heads, chunk, hd = q.shape
+    groups = heads // k.shape[1]
+    # older keys: no mask, so a group's query heads can share one call as a longer query sequence
+    grouped = q.unflatten(1, (k.shape[1], groups)).flatten(2, 3)  # [B, H, C, hd] -> [B, Hkv, G·C, hd]
+    out_past, lse_past = flash(grouped, k[:, :, :past], v[:, :, :past])[:2]
+    out_past = out_past.unflatten(2, (groups, chunk)).flatten(1, 2)  # [B, Hkv, G·C, hd] -> [B, H, C, hd]
+    lse_past = lse_past.unflatten(2, (groups, chunk)).flatten(1, 2)  # [B, H, C]
+    k_own, v_own = (t[:, :, past:].repeat_interleave(groups, dim=1) for t in (k, v))  # [B, H, C, hd]
+    out_own, lse_own = flash(q, k_own, v_own, is_causal=True)[:2]
+    top = torch.maximum(lse_past, lse_own)
+    w_past, w_own = (lse_past - top).exp(), (lse_own - top).exp()  # [B, H, C]
+    out = (out_past * w_past[..., None] + out_own * w_own[..., None]) / (w_past + w_own)[..., None]
+    return out.to(q.dtype)
 
 
 def _flash_attn_sequence(q: Tensor, k: Tensor, v: Tensor, window: int | None) -> Tensor:
