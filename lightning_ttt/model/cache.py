@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from lightning_ttt.config import ModelConfig
-from lightning_ttt.model.attention import window_mask
+from lightning_ttt.model.attention import as_bias, band_bias, window_mask
 
 
 class ChunkKeys(NamedTuple):
@@ -29,7 +29,7 @@ class ChunkKeys(NamedTuple):
 
     k: Tensor  # [B, Hkv, tk, hd] rotated keys
     v: Tensor  # [B, Hkv, tk, hd]
-    mask: Tensor | None  # bool [C, tk], True where allowed; None: every key is visible to every query
+    mask: Tensor | None  # additive [C, tk] in the keys' dtype (0 allowed, -inf not); None: every key is visible
     past: int | None  # keys [past:] are the chunk's own, in order, and every earlier key precedes the chunk;
     # None when a ring has wrapped (the chunk's keys sit among the older ones)
 
@@ -54,8 +54,8 @@ class KVCache(NamedTuple):
         chunk, rows = k.shape[2], self.rows
         keys, values = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)  # [B, Hkv, rows + C, hd]
         lo = max(0, rows - start)  # rows that hold no position yet (before position 0)
-        positions = torch.arange(start - rows + lo, start + chunk, device=k.device)
-        mask = window_mask(positions[-chunk:], positions, window)  # [C, rows + C - lo]
+        # keys hold positions start-rows+lo .. start+C-1; query i sits at key index rows-lo+i
+        mask = band_bias(chunk, rows + chunk - lo, rows - lo, window, k.dtype, k.device)  # [C, rows + C - lo]
         seen = ChunkKeys(keys[:, :, lo:], values[:, :, lo:], mask, rows - lo)
         return seen, KVCache(keys[:, :, -rows:], values[:, :, -rows:]) if rows else self
 
@@ -77,14 +77,14 @@ class KVCache(NamedTuple):
             slots = torch.arange(used, device=k.device)
             positions = slots + rows * torch.div(stop - 1 - slots, rows, rounding_mode="floor")  # [used] slot s: p % rows = s
             mask = window_mask(torch.arange(start, stop, device=k.device), positions, window)
-            return ChunkKeys(keys, values, mask, used - chunk if stop <= rows else None)
+            return ChunkKeys(keys, values, as_bias(mask, k.dtype), used - chunk if stop <= rows else None)
         # the chunk is wider than the slack: attend over [slots ; chunk], then keep the chunk's newest keys
         used = min(rows, start)
         slots = torch.arange(used, device=k.device)
         positions = slots + rows * torch.div(start - 1 - slots, rows, rounding_mode="floor")
         positions = torch.cat([positions, torch.arange(start, stop, device=k.device)])  # [used + C]
         seen = ChunkKeys(torch.cat([self.k[:, :, :used], k], dim=2), torch.cat([self.v[:, :, :used], v], dim=2),
-                         window_mask(positions[used:], positions, window), used)
+                         as_bias(window_mask(positions[used:], positions, window), k.dtype), used)
         keep = min(chunk, rows)
         self._store(k[:, :, -keep:], v[:, :, -keep:], stop - keep)
         return seen
