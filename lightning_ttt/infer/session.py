@@ -1,8 +1,10 @@
 """Streaming forward with caches: prefill and token-by-token decoding for fa, swa and e2e.
 
-Every block runs chunk by chunk through ``Block.forward_chunk`` with its own KV cache, so memory
-is constant in the context length for swa and e2e (caches of exactly ``window`` rows); fa gets a
-cache of ``capacity`` rows (whole-sequence causal attention).
+Every block runs chunk by chunk through ``Block.forward_chunk`` with its own KV cache of rotated
+keys, so memory is constant in the context length for swa and e2e (caches of exactly ``window``
+rows); fa gets a cache of ``capacity`` rows (whole-sequence causal attention). The caches of blocks
+without fast weights are preallocated ring buffers written in place (no gradients there); the TTT
+blocks of e2e carry the training's ordered caches, since their step takes gradients.
 
 For e2e, the suffix blocks take exactly the evaluation's first-order TTT steps: the same
 ``lightning_ttt.ttt.chunk_step``, with the loss masked as in training (``target_mask``: BOS targets
@@ -24,6 +26,9 @@ from lightning_ttt.model.cache import empty_caches
 from lightning_ttt.model.transformer import Transformer
 from lightning_ttt.ttt.inner_loop import chunk_step, initial_fast_weights
 from lightning_ttt.ttt.update import UpdateFn, make_update
+
+
+FA_PIECE = 2048  # prompt tokens per chunk for full attention (no TTT step bounds it; larger chunks, fewer calls)
 
 
 class InferenceSession:
@@ -49,7 +54,7 @@ class InferenceSession:
         weight = model.embed.weight
         self.dtype, self.device = weight.dtype, weight.device
         self.pos = 0  # tokens read so far
-        self.prefix_caches = empty_caches(cfg, cfg.prefix_len, batch, self.rows, self.dtype, self.device)
+        self.prefix_caches = empty_caches(cfg, cfg.prefix_len, batch, self.rows, self.dtype, self.device, ring=True)
         self.ttt = cfg.method == "e2e"
         self.grad_norms: list[Tensor] = []  # [B] per TTT step taken, before clipping
         if self.ttt:
@@ -96,17 +101,19 @@ class InferenceSession:
 
     def feed(self, ids: Tensor, keep_logits: bool = False) -> Tensor:
         """Read tokens ids [B, t]; returns the logits [B, t, V] (only the last position, [B, 1, V],
-        unless ``keep_logits``). Pieces are at most b tokens, so prefill memory is O(b + window)."""
+        unless ``keep_logits``). Pieces are at most b tokens (``FA_PIECE`` for fa), so prefill memory is
+        O(b + window) for swa and e2e."""
         if ids.dim() != 2 or ids.shape[0] != self.batch:
             raise ValueError(f"expected token ids of shape [{self.batch}, t], got {list(ids.shape)}")
         if self.window is None and self.pos + ids.shape[1] > self.rows:
             raise ValueError(f"full attention cache holds {self.rows} tokens; {self.pos + ids.shape[1]} requested")
         ids = ids.to(self.device)
         b, total, i, kept = self.cfg.mini_batch, ids.shape[1], 0, []
+        most = b if self.ttt or self.window is not None else FA_PIECE  # tokens per chunk
         while i < total:
             if self.ttt and self.pending == b:
                 self._flush(ids[:, i:i + 1])
-            n = min(b - self.pending, total - i)
+            n = min(most - self.pending, total - i)
             piece = ids[:, i:i + n]  # [B, n]
             h = self._prefix(piece)
             if self.ttt and self.pending == 0 and n == b and i + n < total:  # targets known: one pass with grad
@@ -119,7 +126,7 @@ class InferenceSession:
                 self.pending_ids.append(piece)
             else:
                 with torch.no_grad():
-                    logits = self.model.logits(h)
+                    logits = self.model.logits(h if keep_logits else h[:, -1:])
             self.pos += n
             i += n
             kept.append(logits if keep_logits else logits[:, -1:])

@@ -10,18 +10,21 @@ Kernels (``kernel=`` argument):
                    so it is only ever used where first-order gradients suffice.
 
 Whole-sequence sliding-window attention walks the queries in blocks, so memory is O(T·k):
-no T×T score matrix or mask is ever built.
+no T×T score matrix or mask is ever built. Masks are additive constants cached per shape
+(``band_bias``), so the backward pass keeps one shared copy rather than one per block or chunk.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right
 
 QUERY_BLOCK = 256  # queries per block in blockwise sliding-window attention (each sees block + k - 1 keys)
 
@@ -63,8 +66,27 @@ def window_mask(q_pos: Tensor, k_pos: Tensor, window: int | None) -> Tensor:
     return allowed
 
 
+@functools.lru_cache(maxsize=16)
+def band_bias(tq: int, tk: int, offset: int, window: int | None, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Additive mask [tq, tk]: 0 where query i (at key index ``offset + i``) may attend key j, i.e.
+    ``0 <= offset + i - j < window``, and -inf elsewhere.
+
+    Cached, so every block and chunk of one shape shares one constant: autograd then saves a reference
+    to it, where a boolean mask is converted to a fresh float copy by SDPA, and saved, at every call.
+    """
+    with torch.inference_mode(False), torch.no_grad():  # an ordinary tensor, usable in any later graph
+        allowed = window_mask(torch.arange(offset, offset + tq, device=device), torch.arange(tk, device=device), window)
+        return as_bias(allowed, dtype)
+
+
+def as_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Boolean mask (True: allowed) -> additive mask (0 / -inf) in ``dtype``."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, kernel: str, causal: bool = False) -> Tensor:
-    """Softmax attention. q: [B, H, tq, hd]; k, v: [B, Hkv, tk, hd]; mask: bool [tq, tk] or None.
+    """Softmax attention. q: [B, H, tq, hd]; k, v: [B, Hkv, tk, hd]; mask: [tq, tk], boolean (True: allowed) or
+    additive (0 / -inf, in q's dtype), or None.
 
     With grouped-query attention (Hkv < H) key/value head g serves query heads g·G .. g·G+G-1
     (G = H / Hkv), the grouping of Hugging Face's ``repeat_kv``; keys and values are never copied per head.
@@ -78,7 +100,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, kernel: str, ca
         if causal:
             mask = window_mask(torch.arange(q.shape[-2], device=q.device), torch.arange(k.shape[-2], device=q.device), None)
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
         return (scores.softmax(-1).to(v.dtype)) @ v
     if kernel == "math":
         with sdpa_kernel([SDPBackend.MATH]):
@@ -86,6 +108,48 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, kernel: str, ca
     if kernel == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
     raise ValueError(f"attend: unsupported kernel {kernel!r}")
+
+
+def chunk_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, past: int | None, kernel: str,
+                    causal_past: bool = False) -> Tensor:
+    """A chunk of queries q [B, H, C, hd] against its keys k, v [B, Hkv, tk, hd], allowed by ``mask`` [C, tk].
+
+    ``causal_past``: the keys are [older keys ; the chunk's own] with the own ones from index ``past``
+    on and every older key visible to every query (full attention). Then, without gradients, no
+    [C, tk] mask is built: flash-attn or SDPA align the causal mask to the bottom right on CUDA, and on
+    the CPU the older and own keys are attended separately and merged by their log-sum-exps.
+    """
+    chunk = q.shape[-2]
+    fused = causal_past and past and chunk > 1 and kernel != "explicit" and not (
+        torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+    if not fused:
+        return attend(q, k, v, mask, kernel)
+    if q.is_cuda:
+        if flash_attn_available():
+            return _flash_attn_sequence(q, k, v, None).to(q.dtype)  # flash-attn's causal mask is bottom-right aligned
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(chunk, k.shape[-2]),
+                                              enable_gqa=k.shape[1] != q.shape[1])
+    if not hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        return attend(q, k, v, mask, kernel)
+    return _merged_past_and_own(q, k, v, past)
+
+
+def _merged_past_and_own(q: Tensor, k: Tensor, v: Tensor, past: int) -> Tensor:
+    """Softmax over [past keys (all visible) ; own keys (causal)] from two fused CPU calls and their log-sum-exps."""
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    batch, heads, chunk, hd = q.shape
+    groups = heads // k.shape[1]
+    # older keys: no mask, so a group's query heads can share one call as a longer query sequence
+    grouped = q.unflatten(1, (k.shape[1], groups)).flatten(2, 3)  # [B, H, C, hd] -> [B, Hkv, G·C, hd]
+    out_past, lse_past = flash(grouped, k[:, :, :past], v[:, :, :past])[:2]
+    out_past = out_past.unflatten(2, (groups, chunk)).flatten(1, 2)  # [B, Hkv, G·C, hd] -> [B, H, C, hd]
+    lse_past = lse_past.unflatten(2, (groups, chunk)).flatten(1, 2)  # [B, H, C]
+    k_own, v_own = (t[:, :, past:].repeat_interleave(groups, dim=1) for t in (k, v))  # [B, H, C, hd]
+    out_own, lse_own = flash(q, k_own, v_own, is_causal=True)[:2]
+    top = torch.maximum(lse_past, lse_own)
+    w_past, w_own = (lse_past - top).exp(), (lse_own - top).exp()  # [B, H, C]
+    out = (out_past * w_past[..., None] + out_own * w_own[..., None]) / (w_past + w_own)[..., None]
+    return out.to(q.dtype)
 
 
 def _flash_attn_sequence(q: Tensor, k: Tensor, v: Tensor, window: int | None) -> Tensor:
@@ -118,18 +182,16 @@ def sequence_attention(q: Tensor, k: Tensor, v: Tensor, window: int | None, kern
     first = -(-(window - 1) // block)  # index of the first query block with a full span of keys
     skip = first * block - window + 1  # where that span starts
     k_spans, v_spans = _spans(k, span, block, skip), _spans(v, span, block, skip)
-    positions = torch.arange(seq_len, device=q.device)
-    full_mask = window_mask(positions[window - 1:span], positions[:span], window) if k_spans else None  # [block, span]
+    bias = partial(band_bias, window=window, dtype=q.dtype, device=q.device)
     outputs = []
     for i, q_block in enumerate(q.split(block, dim=-2)):  # [B, H, <=block, hd]
         start = i * block
         stop, lo = start + q_block.shape[-2], max(0, start - window + 1)
         if stop - lo == span:  # keys lo..stop-1 are span i - first
-            keys, values, mask = k_spans[i - first], v_spans[i - first], full_mask
+            keys, values = k_spans[i - first], v_spans[i - first]
         else:  # blocks inside the first window, and a short last block
             keys, values = k[..., lo:stop, :], v[..., lo:stop, :]
-            mask = window_mask(positions[start:stop], positions[lo:stop], window)  # [tq, tk]
-        outputs.append(attend(q_block, keys, values, mask, kernel))
+        outputs.append(attend(q_block, keys, values, bias(stop - start, stop - lo, start - lo), kernel))  # [tq, tk]
     return torch.cat(outputs, dim=-2)
 
 

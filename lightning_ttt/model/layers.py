@@ -1,4 +1,5 @@
-"""Building blocks: RMSNorm computed in fp32, RoPE (interleaved or half-split pairs), SwiGLU with swappable weights."""
+"""Building blocks: RMSNorm computed in fp32, RoPE (interleaved or half-split pairs, cached tables), SwiGLU with
+swappable weights."""
 
 from __future__ import annotations
 
@@ -38,6 +39,41 @@ class Llama3Scaling(NamedTuple):
         return torch.where(wavelength < context / self.high_freq_factor, inv_freq, scaled)
 
 
+MAX_CACHED_POSITIONS = 1 << 16  # rotary tables are kept for positions below this; beyond, computed per call
+_TABLES: dict[tuple, tuple[Tensor, Tensor]] = {}  # (hd, theta, half, scaling, device, work dtype) -> cos2, sin2
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def rope_tables(positions: Tensor, hd: int, theta: float, half: bool = False, scaling: Llama3Scaling | None = None,
+                dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """The factors of the rotation at ``positions`` [t]: cos2, sin2 [t, hd] in ``dtype`` (fp32 or fp64),
+    laid out so that ``x * cos2 + swap(x) * sin2`` rotates every dimension pair (see ``rope``)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, hd, 2, device=positions.device, dtype=dtype) / hd)  # [hd/2]
+    if scaling is not None:
+        inv_freq = scaling.apply(inv_freq)
+    angles = positions.to(dtype)[:, None] * inv_freq  # [t, hd/2]
+    cos, sin = angles.cos(), angles.sin()
+    if half:
+        return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)  # [t, hd]: c0 c1 .. c0 c1 ..
+    return (torch.stack((cos, cos), dim=-1).flatten(-2),  # [t, hd]: c0 c0 c1 c1 ...
+            torch.stack((-sin, sin), dim=-1).flatten(-2))  # [t, hd]: -s0 s0 -s1 s1 ...
+
+
+def _rotate(x: Tensor, cos2: Tensor, sin2: Tensor, half: bool) -> Tensor:
+    """x [..., t, hd] rotated by tables [t, hd]; computed in the tables' dtype, returned in x's."""
+    dtype, hd = x.dtype, x.shape[-1]
+    x = x.to(cos2.dtype)
+    if half:
+        swapped = torch.cat((x[..., hd // 2:], x[..., : hd // 2]), dim=-1)  # [..., t, hd]: halves (a, b) -> (b, a)
+    else:
+        swapped = x.unflatten(-1, (hd // 2, 2)).flip(-1).flatten(-2)  # [..., t, hd]: pairs (a, b) -> (b, a)
+    # pair (a, b) -> (a cos - b sin, b cos + a sin): bit-identical to the pairwise form, fewer passes over x
+    return (x * cos2 + swapped * sin2).to(dtype)
+
+
 def rope(x: Tensor, positions: Tensor, theta: float, half: bool = False, scaling: Llama3Scaling | None = None) -> Tensor:
     """Rotary embedding: dimension pair j rotates by ``pos * theta**(-2j/hd)`` (optionally Llama-3 scaled).
 
@@ -45,23 +81,37 @@ def rope(x: Tensor, positions: Tensor, theta: float, half: bool = False, scaling
     (Hugging Face Llama's rotate_half layout). x: [..., t, hd]; positions: [t]. Angles and rotation
     run in fp32 (fp64 for fp64 inputs).
     """
-    dtype, hd = x.dtype, x.shape[-1]
-    work = torch.float64 if dtype == torch.float64 else torch.float32
-    inv_freq = 1.0 / theta ** (torch.arange(0, hd, 2, device=x.device, dtype=work) / hd)  # [hd/2]
-    if scaling is not None:
-        inv_freq = scaling.apply(inv_freq)
-    angles = positions.to(work)[:, None] * inv_freq  # [t, hd/2]
-    cos, sin = angles.cos(), angles.sin()
-    x = x.to(work)
-    if half:
-        cos2, sin2 = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)  # [t, hd]: c0 .. c0 ..
-        swapped = torch.cat((x[..., hd // 2:], x[..., : hd // 2]), dim=-1)  # [..., t, hd]: halves (a, b) -> (b, a)
-    else:
-        cos2 = torch.stack((cos, cos), dim=-1).flatten(-2)  # [t, hd]: c0 c0 c1 c1 ...
-        sin2 = torch.stack((-sin, sin), dim=-1).flatten(-2)  # [t, hd]: -s0 s0 -s1 s1 ...
-        swapped = x.unflatten(-1, (hd // 2, 2)).flip(-1).flatten(-2)  # [..., t, hd]: pairs (a, b) -> (b, a)
-    # pair (a, b) -> (a cos - b sin, b cos + a sin): bit-identical to the pairwise form, fewer passes over x
-    return (x * cos2 + swapped * sin2).to(dtype)
+    cos2, sin2 = rope_tables(positions, x.shape[-1], theta, half, scaling, _work_dtype(x.dtype))
+    return _rotate(x, cos2, sin2, half)
+
+
+class Rotary(NamedTuple):
+    """RoPE of one model, for contiguous positions: tables computed once per device and dtype and grown on
+    demand (to a power of two, up to ``MAX_CACHED_POSITIONS``), shared by every layer and model alike."""
+
+    theta: float
+    half: bool = False
+    scaling: Llama3Scaling | None = None
+
+    def tables(self, start: int, length: int, hd: int, device: torch.device,
+               dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos2, sin2 [length, hd] of positions start .. start+length-1 (``dtype``: the work dtype)."""
+        stop = start + length
+        if stop > MAX_CACHED_POSITIONS:
+            return rope_tables(torch.arange(start, stop, device=device), hd, self.theta, self.half, self.scaling, dtype)
+        key = (hd, *self, device, dtype)
+        cached = _TABLES.get(key)
+        if cached is None or cached[0].shape[0] < stop:
+            size = min(MAX_CACHED_POSITIONS, max(1024, 1 << (stop - 1).bit_length()))
+            with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable in any later graph
+                cached = _TABLES[key] = rope_tables(torch.arange(size, device=device), hd, self.theta, self.half,
+                                                    self.scaling, dtype)
+        return cached[0][start:stop], cached[1][start:stop]
+
+    def __call__(self, x: Tensor, start: int = 0) -> Tensor:
+        """x [..., t, hd] rotated at the absolute positions start .. start+t-1."""
+        cos2, sin2 = self.tables(start, x.shape[-2], x.shape[-1], x.device, _work_dtype(x.dtype))
+        return _rotate(x, cos2, sin2, self.half)
 
 
 def swiglu(x: Tensor, w1: Tensor, w2: Tensor, w3: Tensor) -> Tensor:

@@ -11,16 +11,14 @@ biases, an untied head) so that pretrained models can be converted (``lightning_
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_ttt.config import ModelConfig
-from lightning_ttt.model.attention import attend, choose_kernel, sequence_attention, window_mask
+from lightning_ttt.model.attention import chunk_attention, choose_kernel, sequence_attention
 from lightning_ttt.model.cache import KVCache
-from lightning_ttt.model.layers import Llama3Scaling, RMSNorm, SwiGLU, rope
+from lightning_ttt.model.layers import Llama3Scaling, RMSNorm, Rotary, SwiGLU
 
 FastWeights = dict[str, Tensor]  # "blocks.{i}.prime.w{1,2,3}" -> [B, out, in] (or [out, in])
 
@@ -39,7 +37,7 @@ class Attention(nn.Module):
         if cfg.rope_scaling == "llama3":
             scaling = Llama3Scaling(cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
                                     cfg.rope_original_max_positions)
-        self.rope = partial(rope, theta=cfg.rope_theta, half=cfg.rope_layout == "half", scaling=scaling)
+        self.rotary = Rotary(cfg.rope_theta, half=cfg.rope_layout == "half", scaling=scaling)
 
     def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x: [B, t, D] -> q: [B, H, t, hd], k, v: [B, Hkv, t, hd]; q and k are QK-normed (not rotated)."""
@@ -53,25 +51,19 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, window: int | None, kernel: str) -> Tensor:
         """Whole sequence, absolute positions 0..T-1."""
         q, k, v = self._heads(x)
-        pos = torch.arange(x.shape[1], device=x.device)
-        return self._merge(sequence_attention(self.rope(q, pos), self.rope(k, pos), v, window, kernel))
+        return self._merge(sequence_attention(self.rotary(q), self.rotary(k), v, window, kernel))
 
     def forward_chunk(self, x: Tensor, cache: KVCache, start: int, window: int | None,
                       kernel: str) -> tuple[Tensor, KVCache]:
-        """One chunk of C tokens starting at absolute position ``start``, attending into the cache.
+        """One chunk of C tokens at absolute positions start..start+C-1, attending into the cache.
 
-        Keys are ``[cache ; chunk]`` (W + C rows) with local RoPE positions 0..W+C-1 and the
-        queries at W..W+C-1; cache slots before position 0 are masked. Returns the new cache.
+        Queries and the chunk's keys are rotated once with their absolute positions; the chunk's keys
+        enter the cache rotated, so cached keys are used as they are. Returns the cache after the chunk.
         """
-        q, k_new, v_new = self._heads(x)
-        chunk, cached = x.shape[1], cache.rows
-        k, v, cache = cache.extend(k_new, v_new)  # [B, Hkv, W+C, hd] each
-        local = torch.arange(cached + chunk, device=x.device)
-        # drop cache slots before position 0 (masked for every query): same output, less work
-        lo = max(0, cached - start)
-        mask = window_mask(local[cached:] + start - cached, local[lo:] + start - cached, window)  # [C, W+C-lo]
-        keys = self.rope(k[:, :, lo:], local[lo:])  # [B, Hkv, W+C-lo, hd]
-        out = attend(self.rope(q, local[cached:]), keys, v[:, :, lo:], mask, kernel)
+        q, k, v = self._heads(x)
+        seen, cache = cache.update(self.rotary(k, start), v, start, window)
+        out = chunk_attention(self.rotary(q, start), seen.k, seen.v, seen.mask, seen.past, kernel,
+                              causal_past=window is None)
         return self._merge(out), cache
 
 

@@ -139,19 +139,19 @@ class StateLayout:
     checkpoints save only tensors passed to them one by one."""
 
     names: tuple[str, ...]  # fast-weight names, in order
-    caches: tuple[tuple[type, int], ...]  # (NamedTuple type, field count) of each layer's cache
+    caches: tuple[tuple[type, tuple], ...]  # per layer: its NamedTuple type and fields, None where a tensor goes
 
     @classmethod
     def of(cls, fast: FastWeights, caches: list) -> StateLayout:
-        return cls(tuple(fast), tuple((type(c), len(c)) for c in caches))
+        fields = lambda c: tuple(None if isinstance(x, Tensor) else x for x in c)  # keep flags such as ring
+        return cls(tuple(fast), tuple((type(c), fields(c)) for c in caches))
 
     def pack(self, fast: FastWeights, caches: list) -> tuple[Tensor, ...]:
-        return (*(fast[n] for n in self.names), *(t for c in caches for t in c))
+        return (*(fast[n] for n in self.names), *(t for c in caches for t in c if isinstance(t, Tensor)))
 
     def unpack(self, state: tuple[Tensor, ...]) -> tuple[FastWeights, list]:
         fast = dict(zip(self.names, state))
-        rest, caches = list(state[len(self.names):]), []
-        for kind, size in self.caches:
-            caches.append(kind(*rest[:size]))
-            rest = rest[size:]
+        rest, caches = iter(state[len(self.names):]), []
+        for kind, fields in self.caches:
+            caches.append(kind(*(next(rest) if x is None else x for x in fields)))
         return fast, caches
