@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -28,14 +29,66 @@ def default_dir_mode() -> int:
     return 0o777 & ~_umask()
 
 
+# ``.NAME.PID.RANDOM.tmp``: a temporary names the process writing it, so a later writer can tell one
+# that a killed process left behind (mkstemp's random part has no dots)
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_abandoned_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files and folders in ``folder`` whose writer is no longer running (a process
+    killed while writing leaves one); returns what was removed."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match is None or _running(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def sibling_temporary_dir(path: str | os.PathLike) -> Path:
+    """A new empty folder beside ``path`` (same file system, so it can be renamed into place), with the
+    permissions ``mkdir()`` would give; abandoned temporaries there are removed first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_temporaries(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, default_dir_mode())
+    return tmp
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync, then rename it over ``path``.
 
-    A crash or an exception leaves ``path`` as it was (and no temporary file behind).
+    An exception leaves ``path`` as it was and no temporary file behind; a kill leaves ``path`` as it was
+    and a temporary that the next write into the same folder removes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_abandoned_temporaries(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, default_file_mode())
         with os.fdopen(fd, "wb") as f:
@@ -109,10 +162,8 @@ def replacing_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     """
     path = Path(path)
     check_out_dir(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = sibling_temporary_dir(path)
     try:
-        os.chmod(tmp, default_dir_mode())
         yield tmp
         _swap_in(tmp, path)
     except BaseException:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import save_file
 
 from lightning_ttt.config import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS
-from lightning_ttt.io import default_dir_mode, default_file_mode
+from lightning_ttt.io import default_file_mode, sibling_temporary_dir
 from lightning_ttt.model.transformer import Transformer
 
 
@@ -27,10 +26,8 @@ def export_model(model: Transformer, out: str | Path, tokenizer: str | None = "b
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose a new --out directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = sibling_temporary_dir(out)
     try:
-        os.chmod(tmp, default_dir_mode())
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / EXPORT_WEIGHTS), metadata={"format": EXPORT_FORMAT})
         os.chmod(tmp / EXPORT_WEIGHTS, default_file_mode())  # safetensors creates it 0600

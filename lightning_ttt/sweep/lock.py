@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -77,6 +78,20 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal sent to this process when its parent dies
+
+
+def die_with_parent(parent: int) -> None:
+    """``preexec_fn`` of a child of process ``parent`` (the sweep): SIGTERM it when the sweep dies, even by
+    SIGKILL (Linux only; elsewhere a no-op, and the sweep's own signal handling stops its children)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the sweep died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def stop_group(process: subprocess.Popen, grace: float = 10.0) -> None:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -25,7 +26,7 @@ import yaml
 
 from lightning_ttt.io import atomic_write_json, atomic_write_text
 from lightning_ttt.lit.cli import cli_main
-from lightning_ttt.sweep.lock import out_dir_lock, stop_group, stop_on_signals
+from lightning_ttt.sweep.lock import die_with_parent, out_dir_lock, stop_group, stop_on_signals
 from lightning_ttt.sweep.plan import OUT, Evaluation, Fit, Step, describe, eval_args, plan, read_marker
 from lightning_ttt.sweep.report import write_report
 from lightning_ttt.sweep.spec import SweepSpec, load_spec
@@ -114,7 +115,8 @@ class SweepRunner:
             log.write(f"$ {' '.join(command)}\n".encode())
             log.flush()
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                                       preexec_fn=partial(die_with_parent, os.getpid()))
             try:
                 self._copy_output(process, log)
                 code = process.wait()

@@ -339,3 +339,34 @@ def test_stopping_the_sweep_stops_its_running_point(tmp_path: Path) -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not (out / LOCK).exists()
+
+
+@pytest.mark.slow  # a subprocess sweep killed by SIGKILL
+def test_a_killed_sweep_leaves_no_running_point(tmp_path: Path) -> None:
+    raw = tiny_sweep_spec()
+    raw["sweep"].update(methods=["e2e"], where=[])
+    del raw["sweep"]["pretrain"]["share"]
+    raw["sweep"]["pretrain"]["set"]["trainer.max_steps"] = 10**6  # runs until stopped
+    sweep = subprocess.Popen([sys.executable, "-m", "lightning_ttt", "sweep", str(_write(tmp_path, raw)),
+                              "--out-dir", str(tmp_path / "out"), "--quiet"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (children := _children(sweep.pid)) and time.monotonic() < deadline and sweep.poll() is None:
+        time.sleep(0.2)
+    assert children, "no child started"
+    sweep.kill()  # no handler runs: the child must notice its parent's death by itself
+    assert sweep.wait(timeout=60) == -signal.SIGKILL
+    deadline = time.monotonic() + 120
+    while (alive := [pid for pid in children if _alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in alive:  # never leave a stray trainer behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"  # a zombie has exited
