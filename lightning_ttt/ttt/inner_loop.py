@@ -44,7 +44,7 @@ class ChunkStep(NamedTuple):
     loss: Tensor  # [B] masked mean NLL of the chunk with Φ_c
     token_nll: Tensor  # [B, C] unmasked
     grad_norm: Tensor  # [B] inner gradient norm before clipping
-    logits: Tensor  # [B, C, V] with Φ_c
+    logits: Tensor | None  # [B, C, V] with Φ_c (None unless keep_logits)
     fast: FastWeights  # Φ_{c+1}
     caches: list[KVCache]  # suffix caches after the chunk
 
@@ -62,25 +62,26 @@ def initial_fast_weights(model: Transformer, batch: int, differentiable: bool) -
 
 
 def chunk_step(model: Transformer, update: UpdateFn, fast: FastWeights, caches: list[KVCache], h: Tensor,
-               targets: Tensor, mask: Tensor, start: int, create_graph: bool) -> ChunkStep:
+               targets: Tensor, mask: Tensor, start: int, create_graph: bool, keep_logits: bool = True) -> ChunkStep:
     """One inner step on the chunk starting at absolute position ``start``: the suffix blocks on its prefix
     output h [B, C, D] with Φ_c and the caches, its loss masked by ``mask`` [B, C] (as in training), the
     gradient w.r.t. Φ_c, then ``update`` (clip and SGD) to Φ_{c+1}.
 
     Pure: returns everything it changes. With ``create_graph=False`` the results are detached (the new
-    fast weights are fresh leaves), so nothing but values is carried to the next chunk.
+    fast weights are fresh leaves), so nothing but values is carried to the next chunk. Without
+    ``keep_logits`` the loss is taken slice by slice (``Transformer.nll``) and no [B, C, V] logits are kept.
     """
     with torch.enable_grad():  # evaluation may run under no_grad: the inner gradient is still taken
         out, caches = model.suffix_chunk(h, fast, caches, start, create_graph)
-        logits = model.logits(out)  # [B, C, V]
-        nll = token_nll(logits, targets)  # [B, C]
+        logits = model.logits(out) if keep_logits else None  # [B, C, V]
+        nll = token_nll(logits, targets) if keep_logits else model.nll(out, targets)  # [B, C]
         loss = masked_mean(nll, mask)  # [B]
         names = list(fast)
         grads = torch.autograd.grad(loss.sum(), [fast[n] for n in names], create_graph=create_graph)
         new_fast, norm = update(fast, dict(zip(names, grads)))
     if create_graph:
         return ChunkStep(loss, nll, norm, logits, new_fast, caches)
-    return ChunkStep(loss.detach(), nll.detach(), norm.detach(), logits.detach(),
+    return ChunkStep(loss.detach(), nll.detach(), norm.detach(), None if logits is None else logits.detach(),
                      {n: w.detach().requires_grad_(True) for n, w in new_fast.items()}, [c.detach() for c in caches])
 
 
@@ -112,10 +113,10 @@ def run_inner_loop(model: Transformer, prefix_out: Tensor, targets: Tensor, loss
     # split, not slicing: one backward node for all chunks instead of a zero-filled [B, T, D] per chunk
     pieces = zip(prefix_out.split(chunk, dim=1), targets.split(chunk, dim=1), loss_mask.split(chunk, dim=1))
     for start, (h, y, m) in zip(range(0, seq_len, chunk), pieces):  # h: [B, C, D]; y, m: [B, C]
-        args = (model, update, fast, caches, h, y, m, start, create_graph)
+        args = (model, update, fast, caches, h, y, m, start, create_graph, keep_logits)
         step = checkpoint(chunk_step, *args, use_reentrant=False) if recompute else chunk_step(*args)
         fast, caches = step.fast, step.caches
-        steps.append(step._replace(logits=step.logits if keep_logits else None, fast={}, caches=[]))
+        steps.append(step._replace(fast={}, caches=[]))
         if keep_history:
             history.append(fast)
     return InnerLoopOutput(
