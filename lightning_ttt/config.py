@@ -46,6 +46,10 @@ RopeLayout = Literal["interleaved", "half"]
 ROPE_LAYOUTS: tuple[str, ...] = typing.get_args(RopeLayout)
 RopeScaling = Literal["none", "llama3"]
 ROPE_SCALINGS: tuple[str, ...] = typing.get_args(RopeScaling)
+# Checkpointing through time of the e2e inner loop (lightning_ttt.ttt.schedule): none, every chunk,
+# two levels (~2·sqrt(T/b) states kept) or recursive bisection (~log2(T/b) states kept).
+CheckpointSchedule = Literal["none", "each", "sqrt", "log"]
+CHECKPOINT_SCHEDULES: tuple[str, ...] = typing.get_args(CheckpointSchedule)
 
 # Llama-3 tokenizer ids used by every paper size (and by the authors' released models).
 LLAMA3_VOCAB = dict(vocab_size=128256, bos_id=128000, eos_id=128001)
@@ -113,7 +117,9 @@ class ModelConfig:
         ilr_warmup_steps: Outer steps over which the inner learning rate rises from ilr_init to inner_lr (0: none).
         meta_learning: Differentiate through the inner steps in training (false: the TTT-naive ablation).
         attention_kernel: auto, sdpa, flash_attn or explicit; only changes how attention is computed.
-        checkpoint_chunks: Recompute each inner-loop mini-batch in the backward pass (less memory, more time).
+        checkpoint_chunks: Checkpointing through time of the e2e inner loop: none, each (recompute each
+            mini-batch; keeps T/b states), sqrt (keeps about 2*sqrt(T/b)) or log (keeps about log2(T/b)+1,
+            recomputes more); true/false mean each/none.
         checkpoint_blocks: Recompute each whole-sequence block in the backward pass (less memory, more time).
         name: Label used in logs and reports.
     """
@@ -154,11 +160,13 @@ class ModelConfig:
     meta_learning: bool = True
     # Execution policies (do not change the function computed).
     attention_kernel: AttentionKernel = "auto"
-    checkpoint_chunks: bool = False
+    checkpoint_chunks: CheckpointSchedule | bool = "none"  # a bool (older recipes) becomes each / none
     checkpoint_blocks: bool = False
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.checkpoint_chunks, bool):
+            self.checkpoint_chunks = "each" if self.checkpoint_chunks else "none"
         problems = list(self._problems())
         if problems:
             raise ValueError(f"invalid model config ({self.name}): " + "; ".join(problems))
@@ -188,6 +196,9 @@ class ModelConfig:
         if self.attention_kernel not in ATTENTION_KERNELS:
             yield (f"attention_kernel={self.attention_kernel!r} is unknown; "
                    f"expected one of {', '.join(ATTENTION_KERNELS)}")
+        if self.checkpoint_chunks not in CHECKPOINT_SCHEDULES:
+            yield (f"checkpoint_chunks={self.checkpoint_chunks!r} is unknown; expected one of "
+                   f"{', '.join(CHECKPOINT_SCHEDULES)} (or true/false for each/none)")
         if self.prime_hidden is not None and self.prime_hidden < 1:
             yield f"prime_hidden={self.prime_hidden} must be >= 1 (or None for mlp_hidden)"
         if self.norm_eps <= 0:

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 from lightning_ttt.model.weights import first_non_finite
 
@@ -36,10 +37,16 @@ def first_bad(quantities: dict[str, Tensor | dict[str, Tensor]]) -> str | None:
 
 
 def outer_grad_norm(module: L.LightningModule) -> Tensor:
-    """L2 norm of all parameter gradients together (0 when there are none)."""
-    norms = [torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float32) for p in module.parameters()
+    """L2 norm of all parameter gradients together (0 when there are none); sharded (FSDP2) gradients
+    contribute their whole norm (an all-reduce per parameter, on every rank alike)."""
+    norms = [_whole(torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float32)) for p in module.parameters()
              if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+
+def _whole(value: Tensor) -> Tensor:
+    """A DTensor's value as one plain tensor (its partial norms reduced); a plain tensor as it is."""
+    return value.full_tensor() if isinstance(value, DTensor) else value
 
 
 class NonFiniteGuard(L.Callback):

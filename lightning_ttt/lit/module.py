@@ -22,8 +22,10 @@ from lightning_ttt.config import EXPORT_WEIGHTS, NOT_SETTINGS, PRESETS, Method, 
 from lightning_ttt.infer.loading import model_state
 from lightning_ttt.lit.callbacks import PositionReport
 from lightning_ttt.lit.guard import NonFiniteGuard, NonFinitePolicy
+from lightning_ttt.lit.sharding import strategy_problem
 from lightning_ttt.metrics import PositionCurve, PositionNLL, position_report
 from lightning_ttt.model.checkpointing import checkpoint_blocks
+from lightning_ttt.model.sharding import shard_model
 from lightning_ttt.model.transformer import FastWeights, Transformer
 from lightning_ttt.model.weights import first_non_finite, load_strict, state_mismatch
 from lightning_ttt.ttt.objective import LMOutput, lm_loss
@@ -107,6 +109,8 @@ class TTTLanguageModel(L.LightningModule):
         """Execution policies, applied to the built model (torchtitan style)."""
         if self.cfg.checkpoint_blocks:
             checkpoint_blocks(self.model)
+        if self.device_mesh is not None:  # ModelParallelStrategy (fsdp2): FSDP2 over the data-parallel ranks
+            shard_model(self.model, self.device_mesh["data_parallel"])
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [PositionReport(), NonFiniteGuard(self.hparams.get("nonfinite", "stop"))]
@@ -237,24 +241,14 @@ class TTTLanguageModel(L.LightningModule):
 
 
 def check_strategy(strategy: Any, cfg: ModelConfig) -> None:
-    """Refuse strategies that cannot carry the meta-learning inner loop (gradients of gradients).
-
-    FSDP (Lightning's FSDPStrategy) and DeepSpeed ZeRO-3 shard or re-gather parameters around
-    each use, which loses or corrupts second-order gradients (reference/engineering-notes.md §4).
-    ``strategy`` is a Lightning strategy object or its registry name.
-    """
-    if not cfg.ttt_in_training:
-        return
-    if isinstance(strategy, str):
-        name, stage = strategy, 3 if "stage_3" in strategy else None
-    else:
-        name = type(strategy).__name__
-        stage = (getattr(strategy, "config", None) or {}).get("zero_optimization", {}).get("stage")
-    name = name.lower()
-    if name.startswith("fsdp") or (name.startswith("deepspeed") and stage == 3):
-        raise ValueError(f"trainer.strategy={strategy if isinstance(strategy, str) else type(strategy).__name__} "
-                         f"cannot train method=e2e with meta-learning (sharded parameters lose gradients of "
-                         "gradients); use ddp or deepspeed_stage_1/2")
+    """Refuse strategies that cannot train this model (``lightning_ttt.lit.sharding.strategy_problem``):
+    for e2e meta-learning (gradients of gradients) FSDP1 and DeepSpeed ZeRO-3; tensor parallelism for any
+    method. ``strategy`` is a Lightning strategy object or its registry name."""
+    problem = strategy_problem(strategy, cfg.ttt_in_training)
+    if problem is not None:
+        shown = strategy if isinstance(strategy, str) else type(strategy).__name__
+        raise ValueError(f"trainer.strategy={shown} cannot train method={cfg.method}"
+                         f"{' with meta-learning' if cfg.ttt_in_training else ''}: {problem}")
 
 
 def module_from_checkpoint(ckpt: dict[str, Any], hp: dict[str, Any], source: str) -> TTTLanguageModel:

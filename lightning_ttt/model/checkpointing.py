@@ -3,7 +3,7 @@
 ``checkpoint_blocks``: every block's whole-sequence ``forward`` (the prefix of e2e, every block of
 fa and swa) is wrapped with PyTorch's non-reentrant ``checkpoint_wrapper``, so only its input is kept
 and its activations are recomputed in the backward pass. The chunked path of the suffix blocks
-(``forward_chunk``) is untouched: ``checkpoint_chunks`` recomputes whole inner-loop steps instead and
+(``forward_chunk``) is untouched: ``checkpoint_chunks`` (a schedule, ``lightning_ttt.ttt.schedule``) recomputes whole inner-loop steps instead and
 is passed to the inner loop by its caller (``lm_loss(..., checkpoint_chunks=...)``). State-dict keys
 do not change, so checkpoints load either way.
 """

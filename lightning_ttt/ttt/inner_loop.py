@@ -18,10 +18,10 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from lightning_ttt.model.cache import KVCache, empty_caches
 from lightning_ttt.model.transformer import FastWeights, Transformer, masked_mean, token_nll
+from lightning_ttt.ttt.schedule import run_chunks, schedule_name
 from lightning_ttt.ttt.update import UpdateFn
 
 
@@ -86,14 +86,15 @@ def chunk_step(model: Transformer, update: UpdateFn, fast: FastWeights, caches: 
 
 
 def run_inner_loop(model: Transformer, prefix_out: Tensor, targets: Tensor, loss_mask: Tensor, update: UpdateFn, *,
-                   create_graph: bool, fast: FastWeights | None = None, checkpoint_chunks: bool = False,
+                   create_graph: bool, fast: FastWeights | None = None, checkpoint_chunks: str | bool = "none",
                    keep_logits: bool = False, keep_history: bool = False) -> InnerLoopOutput:
     """Run the suffix blocks chunk by chunk over ``prefix_out`` [B, T, D] with test-time training.
 
     ``targets`` and ``loss_mask`` are [B, T]. ``update`` is the inner optimiser step
-    (``lightning_ttt.ttt.make_update``, or the LightningModule's hook). ``checkpoint_chunks``
-    recomputes each chunk in the backward pass of meta-learning (non-reentrant activation
-    checkpointing), keeping only fast weights and caches per chunk.
+    (``lightning_ttt.ttt.make_update``, or the LightningModule's hook). ``checkpoint_chunks`` is the
+    checkpointing-through-time schedule of meta-learning (``lightning_ttt.ttt.schedule``: none, each,
+    sqrt or log; true/false mean each/none): which chunk-boundary states (fast weights and caches) the
+    backward pass keeps and which chunks it recomputes. It never changes the numbers.
     """
     cfg = model.cfg
     if torch.is_inference_mode_enabled():
@@ -107,19 +108,52 @@ def run_inner_loop(model: Transformer, prefix_out: Tensor, targets: Tensor, loss
     if fast is None:
         fast = initial_fast_weights(model, batch, differentiable=create_graph)
     caches = empty_caches(cfg, cfg.suffix_len, batch, cfg.window, prefix_out.dtype, prefix_out.device)
-    recompute = checkpoint_chunks and create_graph
-    steps: list[ChunkStep] = []
-    history = []
     # split, not slicing: one backward node for all chunks instead of a zero-filled [B, T, D] per chunk
-    pieces = zip(prefix_out.split(chunk, dim=1), targets.split(chunk, dim=1), loss_mask.split(chunk, dim=1))
-    for start, (h, y, m) in zip(range(0, seq_len, chunk), pieces):  # h: [B, C, D]; y, m: [B, C]
-        args = (model, update, fast, caches, h, y, m, start, create_graph, keep_logits)
-        step = checkpoint(chunk_step, *args, use_reentrant=False) if recompute else chunk_step(*args)
-        fast, caches = step.fast, step.caches
-        steps.append(step._replace(fast={}, caches=[]))
-        if keep_history:
-            history.append(fast)
+    pieces = list(zip(targets.split(chunk, dim=1), loss_mask.split(chunk, dim=1)))  # [B, C] each
+    layout = StateLayout.of(fast, caches)
+    recompute = create_graph and schedule_name(checkpoint_chunks) != "none"
+    history: list[FastWeights] = []
+    forward_pass = True  # the backward pass replays steps; those must not be recorded
+
+    def step(index: int, state: tuple[Tensor, ...], inputs: tuple[Tensor, ...]):
+        (h,), (y, m) = inputs, pieces[index]  # h: [B, C, D]
+        out = chunk_step(model, update, *layout.unpack(state), h, y, m, index * chunk, create_graph,
+                         keep_logits)
+        if keep_history and forward_pass:
+            history.append({n: w.detach() for n, w in out.fast.items()} if recompute else out.fast)
+        return (out.loss, out.token_nll, out.grad_norm, out.logits), layout.pack(out.fast,
+                                                                                                         out.caches)
+
+    reports, state = run_chunks(step, [(h,) for h in prefix_out.split(chunk, dim=1)], layout.pack(fast, caches),
+                                checkpoint_chunks, params=list(model.parameters()), recompute=create_graph)
+    forward_pass = False
+    fast, _ = layout.unpack(state)
+    steps = [ChunkStep(*r, fast={}, caches=[]) for r in reports]
     return InnerLoopOutput(
         chunk_loss=torch.stack([s.loss for s in steps], dim=1), token_nll=torch.cat([s.token_nll for s in steps], dim=1),
         grad_norm=torch.stack([s.grad_norm for s in steps], dim=1), fast=fast,
         logits=torch.cat([s.logits for s in steps], dim=1) if keep_logits else None, history=history)
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """How the state between chunks (fast weights + caches) becomes a flat tuple of tensors and back:
+    checkpoints save only tensors passed to them one by one."""
+
+    names: tuple[str, ...]  # fast-weight names, in order
+    caches: tuple[tuple[type, int], ...]  # (NamedTuple type, field count) of each layer's cache
+
+    @classmethod
+    def of(cls, fast: FastWeights, caches: list) -> StateLayout:
+        return cls(tuple(fast), tuple((type(c), len(c)) for c in caches))
+
+    def pack(self, fast: FastWeights, caches: list) -> tuple[Tensor, ...]:
+        return (*(fast[n] for n in self.names), *(t for c in caches for t in c))
+
+    def unpack(self, state: tuple[Tensor, ...]) -> tuple[FastWeights, list]:
+        fast = dict(zip(self.names, state))
+        rest, caches = list(state[len(self.names):]), []
+        for kind, size in self.caches:
+            caches.append(kind(*rest[:size]))
+            rest = rest[size:]
+        return fast, caches

@@ -26,7 +26,7 @@ class LMOutput:
 
 
 def lm_loss(model: Transformer, input_ids: Tensor, targets: Tensor, loss_mask: Tensor, *, ttt: bool,
-            update: UpdateFn | None = None, create_graph: bool = False, checkpoint_chunks: bool = False,
+            update: UpdateFn | None = None, create_graph: bool = False, checkpoint_chunks: str | bool = "none",
             keep_logits: bool = False, keep_history: bool = False) -> LMOutput:
     """Loss of a batch [B, T].
 

@@ -133,16 +133,22 @@ class DeepSpeedStrategy:  # stands in for Lightning's (deepspeed is GPU-only and
         self.config = {"zero_optimization": {"stage": stage}}
 
 
-def test_sharded_strategies_are_refused_for_meta_training() -> None:
-    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+def test_unsupported_sharded_strategies_are_refused_for_meta_training() -> None:
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
+
+    from lightning_ttt.lit.sharding import FSDP2Strategy
 
     e2e = ModelConfig.from_preset("debug", "e2e")
     for strategy in ("fsdp", "fsdp_cpu_offload", "deepspeed_stage_3", "deepspeed_stage_3_offload", FSDPStrategy(),
                      DeepSpeedStrategy(3)):
         with pytest.raises(ValueError, match="cannot train method=e2e with meta-learning"):
             check_strategy(strategy, e2e)
-    for strategy in ("ddp", "auto", "deepspeed_stage_2", DeepSpeedStrategy(2), DDPStrategy()):
+    for strategy in ("ddp", "auto", "deepspeed_stage_2", DeepSpeedStrategy(2), DDPStrategy(), "fsdp2", FSDP2Strategy(),
+                     ModelParallelStrategy(tensor_parallel_size=1)):
         check_strategy(strategy, e2e)
+    for method in ("e2e", "fa"):  # tensor parallelism is implemented for no method
+        with pytest.raises(ValueError, match="tensor_parallel_size=2: tensor parallelism is not implemented"):
+            check_strategy(ModelParallelStrategy(tensor_parallel_size=2), ModelConfig.from_preset("debug", method))
     check_strategy("fsdp", ModelConfig.from_preset("debug", "fa"))  # first-order methods may shard
     check_strategy("fsdp", e2e.replace(meta_learning=False))
 
