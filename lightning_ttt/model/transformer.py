@@ -11,14 +11,13 @@ biases, an untied head) so that pretrained models can be converted (``lightning_
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_ttt.config import ModelConfig
 from lightning_ttt.model.attention import chunk_attention, choose_kernel, sequence_attention
 from lightning_ttt.model.cache import KVCache
 from lightning_ttt.model.layers import Llama3Scaling, RMSNorm, Rotary, SwiGLU
+from lightning_ttt.model.loss import linear_nll, token_nll  # noqa: F401  (token_nll: re-exported)
 
 FastWeights = dict[str, Tensor]  # "blocks.{i}.prime.w{1,2,3}" -> [B, out, in] (or [out, in])
 
@@ -132,10 +131,19 @@ class Transformer(nn.Module):
         return choose_kernel(self.cfg.attention_kernel, whole_sequence=False, double_backward=double_backward)
 
     # ------------------------------------------------------------------ forward paths
+    @property
+    def head_weight(self) -> Tensor:
+        """The output projection [V, D]: the embedding (tied head) or lm_head."""
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
     def logits(self, h: Tensor) -> Tensor:
         """final_norm(h) @ embedᵀ (tied head) or @ lm_headᵀ. h: [B, t, D] -> [B, t, V]."""
-        head = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return self.final_norm(h) @ head.T
+        return self.final_norm(h) @ self.head_weight.T
+
+    def nll(self, h: Tensor, targets: Tensor, fused: bool = False) -> Tensor:
+        """token_nll(logits(h), targets) without the whole [B, t, V] logits (``model.loss``). [B, t, D] -> [B, t].
+        ``fused`` allows a fused CUDA kernel where only first-order gradients are needed."""
+        return linear_nll(h, self.final_norm, self.head_weight, targets, fused=fused)
 
     def forward(self, input_ids: Tensor) -> Tensor:
         """Hidden states after every block, whole sequence, outer weights. [B, T] -> [B, T, D]."""
@@ -173,12 +181,6 @@ class Transformer(nn.Module):
         return {f"blocks.{i}.prime.{name}": w
                 for i, block in enumerate(self.blocks) if block.has_prime
                 for name, w in block.prime.weights().items()}
-
-
-def token_nll(logits: Tensor, targets: Tensor) -> Tensor:
-    """Unmasked next-token NLL in at least fp32. logits: [B, t, V], targets: [B, t] -> [B, t]."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
 
 
 def masked_mean(nll: Tensor, mask: Tensor) -> Tensor:

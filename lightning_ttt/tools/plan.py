@@ -12,7 +12,7 @@ training token, forward + backward):
   bf16 (12·d + 3·h)·2 B per token per block (no attention scores: fused/windowed kernels), the
   fp32 logits and their gradient (8·V B per token), and for e2e the fast weights kept for every
   inner step (T/b copies of the prime MLPs, fp32) plus the suffix's inner-backward graph. With
-  ``checkpoint_chunks`` (any schedule but none) the suffix keeps one mini-batch of activations instead of T. Rough: it
+  ``checkpoint_chunks`` the suffix keeps one mini-batch of activations instead of T. Rough: it
   is meant to flag recipes that cannot fit, not to replace a profile.
 """
 
@@ -23,12 +23,59 @@ from typing import Any
 
 from lightning_ttt.config import ModelConfig
 from lightning_ttt.model.flops import parameter_counts, train_flops_per_token
+from lightning_ttt.model.loss import LOSS_TOKENS
 from lightning_ttt.tools.recipe import parse_recipe, recipe_model
+from lightning_ttt.ttt.schedule import peak_states
 
 DEVICE_GB = 80.0
 
 
 counts = parameter_counts  # the name `ttt plan` has always used
+
+
+# Elements kept for the backward pass per token of one block (residual stream, norms, q/k/v, attention
+# output, SwiGLU in/outputs), fitted to measured peaks (tests/tools/test_plan_measured.py).
+BLOCK_D, BLOCK_H = 22, 4
+SHARDED = ("fsdp", "fsdp2", "modelparallel", "model_parallel", "stage_3")
+
+
+def memory(cfg: ModelConfig, n: dict[str, int], *, seq_len: int, micro: int, strategy: str, world: int,
+           precision: str, sliced_loss: bool = True) -> dict[str, float]:
+    """Bytes per device at the peak of one training step, by part."""
+    strategy = strategy.lower()
+    full = world if any(s in strategy for s in SHARDED) else 1
+    grads_shard = world if full > 1 or "stage_2" in strategy else 1
+    opt_shard = world if full > 1 or "stage" in strategy else 1
+    N, d, h, V, T = n["total"], cfg.d_model, cfg.mlp_hidden, cfg.vocab_size, seq_len
+    a = 2 if "16" in str(precision) else 4  # bytes of a matmul output (bf16-mixed: bf16)
+    tokens = micro * T
+    parts = {"weights": 4 * N / full, "gradients": 4 * N / grads_shard, "optimizer": 8 * N / opt_shard}
+    if full > 1:  # one gathered unit at a time: the suffix + head for e2e (its inner loop), else the largest block
+        unit = n["suffix_and_head"] if cfg.ttt_in_training else max(n["embedding"], (N - n["embedding"]) // cfg.n_layers)
+        parts["gathered unit"] = 4 * unit
+    block = (BLOCK_D * d + BLOCK_H * h) * a  # bytes per token per block
+    whole = cfg.prefix_len if cfg.ttt_in_training else cfg.n_layers
+    if cfg.checkpoint_blocks:
+        parts["block inputs"] = tokens * d * 4 * (whole + 1)
+        parts["one block recomputed"] = tokens * block
+    else:
+        parts["blocks"] = tokens * block * whole
+    parts["hidden-state gradients"] = 2 * tokens * d * 4
+    if not cfg.ttt_in_training:
+        parts["logits"] = micro * min(T, LOSS_TOKENS) * V * 12 if sliced_loss else tokens * V * (a + 8)
+        return parts
+    b, k, heads = cfg.mini_batch, cfg.window, cfg.n_heads
+    chunks = T // b
+    schedule = {True: "each", False: "none"}.get(cfg.checkpoint_chunks, cfg.checkpoint_chunks)
+    state = micro * (n["fast"] * 4 + cfg.suffix_len * 2 * k * cfg.kv_heads * cfg.head_dim * a)
+    # one chunk's graph with gradients of gradients: its activations (the inner backward doubles them),
+    # the attention probabilities of the double-backward-safe kernel, its logits
+    graph = micro * (2 * b * cfg.suffix_len * (BLOCK_D * d + BLOCK_H * (h + cfg.prime_width)) * 4
+                     + 3 * cfg.suffix_len * heads * b * (k + b) * a + 3 * b * V * 4) + 3 * n["fast"] * micro * 4
+    parts["inner states"] = peak_states(chunks, schedule) * state
+    # without checkpointing every chunk's graph stays; about half of a graph is transient (measured)
+    parts["inner chunk graphs"] = graph * (1 + (chunks - 1) / 2 if schedule == "none" else 1)
+    return parts
 
 
 def plan(settings: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
@@ -41,24 +88,19 @@ def plan(settings: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
     accumulate = int(trainer.get("accumulate_grad_batches") or 1)
     strategy = str(trainer.get("strategy") or "auto")
     n = counts(cfg)
-    d, h, L, V, T = cfg.d_model, cfg.mlp_hidden, cfg.n_layers, cfg.vocab_size, seq_len
+    T = seq_len
     flops = train_flops_per_token(cfg, T)
-    shard = world if "deepspeed" in strategy else 1
-    state = n["total"] * (4 + (4 / shard if "stage_2" in strategy else 4) + (8 / shard if "stage" in strategy else 8))
-    tokens = micro * T
-    block = (12 * d + 3 * h) * 2
-    kept = d * 2 if cfg.checkpoint_blocks else block  # checkpoint_blocks keeps only each block's input
-    act = tokens * (L * kept + (block if cfg.checkpoint_blocks else 0) + 8 * V)
-    if cfg.ttt_in_training:
-        suffix_tokens = micro * cfg.mini_batch if cfg.checkpoint_chunks != "none" else tokens
-        act += 2 * suffix_tokens * cfg.suffix_len * block + micro * (T // cfg.mini_batch) * n["fast"] * 4
-    total_gb = (state + act) / 2**30
+    parts = memory(cfg, n, seq_len=T, micro=micro, strategy=strategy, world=world,
+                   precision=str(trainer.get("precision") or "32"))
+    state = sum(parts[k] for k in ("weights", "gradients", "optimizer"))
+    total_gb = sum(parts.values()) / 2**30
     return {"name": cfg.name, "params": n["total"], "embedding_params": n["embedding"], "fast_params": n["fast"],
-            "vocab_size": V, "tied": cfg.tie_embeddings, "attention": _attention(cfg), "method": cfg.method, "seq_len": T, "micro_batch": micro,
-            "world": world, "accumulate": accumulate, "tokens_per_step": tokens * world * accumulate,
-            "strategy": strategy, "checkpoint_chunks": cfg.checkpoint_chunks, "checkpoint_blocks": cfg.checkpoint_blocks, "flops_per_token": flops,
-            "state_gb": state / 2**30, "activation_gb": act / 2**30, "memory_gb": total_gb,
-            "fits": total_gb <= DEVICE_GB}
+            "vocab_size": cfg.vocab_size, "tied": cfg.tie_embeddings, "attention": _attention(cfg), "method": cfg.method,
+            "seq_len": T, "micro_batch": micro, "world": world, "accumulate": accumulate,
+            "tokens_per_step": micro * T * world * accumulate, "strategy": strategy,
+            "checkpoint_chunks": cfg.checkpoint_chunks, "checkpoint_blocks": cfg.checkpoint_blocks, "flops_per_token": flops,
+            "state_gb": state / 2**30, "activation_gb": total_gb - state / 2**30, "memory_gb": total_gb,
+            "parts_gb": {k: v / 2**30 for k, v in parts.items()}, "fits": total_gb <= DEVICE_GB}
 
 
 def memory_advice(p: dict[str, Any]) -> list[str]:
@@ -68,10 +110,10 @@ def memory_advice(p: dict[str, Any]) -> list[str]:
         advice.append(f"lower data.batch_size (now {p['micro_batch']}) and raise trainer.accumulate_grad_batches")
     if not p["checkpoint_blocks"]:
         advice.append("set model.config.checkpoint_blocks: true")
-    if p["method"] == "e2e" and p["checkpoint_chunks"] == "none":
-        advice.append("set model.config.checkpoint_chunks: each (or sqrt, log)")
-    if p["world"] > 1 and "deepspeed" not in p["strategy"]:
-        advice.append("shard the optimizer state with trainer.strategy: deepspeed_stage_2")
+    if p["method"] == "e2e" and p["checkpoint_chunks"] in ("none", "each"):
+        advice.append(f"set model.config.checkpoint_chunks: sqrt or log (now {p['checkpoint_chunks']})")
+    if p["world"] > 1 and not any(s in p["strategy"] for s in SHARDED):
+        advice.append("shard weights, gradients and optimizer state with trainer.strategy: fsdp2")
     return advice
 
 
@@ -98,6 +140,7 @@ def render(p: dict[str, Any], vocabulary: str) -> str:
         f"memory/device    {p['memory_gb']:.1f} GB = {p['state_gb']:.1f} GB weights+grads+AdamW (fp32) + "
         f"{p['activation_gb']:.1f} GB activations (checkpoint_blocks={p['checkpoint_blocks']}, "
         f"checkpoint_chunks={p['checkpoint_chunks']})",
+        "  of which       " + ", ".join(f"{k} {v:.2f}" for k, v in p["parts_gb"].items() if v >= 0.005),
     ]
     if not p["fits"]:
         advice = memory_advice(p)

@@ -44,7 +44,7 @@ class ChunkStep(NamedTuple):
     loss: Tensor  # [B] masked mean NLL of the chunk with Φ_c
     token_nll: Tensor  # [B, C] unmasked
     grad_norm: Tensor  # [B] inner gradient norm before clipping
-    logits: Tensor  # [B, C, V] with Φ_c
+    logits: Tensor | None  # [B, C, V] with Φ_c (None unless keep_logits)
     fast: FastWeights  # Φ_{c+1}
     caches: list[KVCache]  # suffix caches after the chunk
 
@@ -62,25 +62,26 @@ def initial_fast_weights(model: Transformer, batch: int, differentiable: bool) -
 
 
 def chunk_step(model: Transformer, update: UpdateFn, fast: FastWeights, caches: list[KVCache], h: Tensor,
-               targets: Tensor, mask: Tensor, start: int, create_graph: bool) -> ChunkStep:
+               targets: Tensor, mask: Tensor, start: int, create_graph: bool, keep_logits: bool = True) -> ChunkStep:
     """One inner step on the chunk starting at absolute position ``start``: the suffix blocks on its prefix
     output h [B, C, D] with Φ_c and the caches, its loss masked by ``mask`` [B, C] (as in training), the
     gradient w.r.t. Φ_c, then ``update`` (clip and SGD) to Φ_{c+1}.
 
     Pure: returns everything it changes. With ``create_graph=False`` the results are detached (the new
-    fast weights are fresh leaves), so nothing but values is carried to the next chunk.
+    fast weights are fresh leaves), so nothing but values is carried to the next chunk. Without
+    ``keep_logits`` the loss is taken slice by slice (``Transformer.nll``) and no [B, C, V] logits are kept.
     """
     with torch.enable_grad():  # evaluation may run under no_grad: the inner gradient is still taken
         out, caches = model.suffix_chunk(h, fast, caches, start, create_graph)
-        logits = model.logits(out)  # [B, C, V]
-        nll = token_nll(logits, targets)  # [B, C]
+        logits = model.logits(out) if keep_logits else None  # [B, C, V]
+        nll = token_nll(logits, targets) if keep_logits else model.nll(out, targets)  # [B, C]
         loss = masked_mean(nll, mask)  # [B]
         names = list(fast)
         grads = torch.autograd.grad(loss.sum(), [fast[n] for n in names], create_graph=create_graph)
         new_fast, norm = update(fast, dict(zip(names, grads)))
     if create_graph:
         return ChunkStep(loss, nll, norm, logits, new_fast, caches)
-    return ChunkStep(loss.detach(), nll.detach(), norm.detach(), logits.detach(),
+    return ChunkStep(loss.detach(), nll.detach(), norm.detach(), None if logits is None else logits.detach(),
                      {n: w.detach().requires_grad_(True) for n, w in new_fast.items()}, [c.detach() for c in caches])
 
 
@@ -116,10 +117,11 @@ def run_inner_loop(model: Transformer, prefix_out: Tensor, targets: Tensor, loss
 
     def step(index: int, state: tuple[Tensor, ...], inputs: tuple[Tensor, ...]):
         (h,), (y, m) = inputs, pieces[index]  # h: [B, C, D]
-        out = chunk_step(model, update, *layout.unpack(state), h, y, m, index * chunk, create_graph)
+        out = chunk_step(model, update, *layout.unpack(state), h, y, m, index * chunk, create_graph,
+                         keep_logits)
         if keep_history and forward_pass:
             history.append({n: w.detach() for n, w in out.fast.items()} if recompute else out.fast)
-        return (out.loss, out.token_nll, out.grad_norm, out.logits if keep_logits else None), layout.pack(out.fast,
+        return (out.loss, out.token_nll, out.grad_norm, out.logits), layout.pack(out.fast,
                                                                                                          out.caches)
 
     reports, state = run_chunks(step, [(h,) for h in prefix_out.split(chunk, dim=1)], layout.pack(fast, caches),

@@ -37,9 +37,10 @@ def lm_loss(model: Transformer, input_ids: Tensor, targets: Tensor, loss_mask: T
     seq_len = input_ids.shape[1]
     model.cfg.check_seq_len(seq_len)
     if not ttt:
-        logits = model.logits(model(input_ids))
-        nll = token_nll(logits, targets)
-        return LMOutput(chunk_losses(nll, loss_mask, model.cfg.loss_chunk(seq_len)), nll, logits if keep_logits else None)
+        h = model(input_ids)  # [B, T, D]
+        logits = model.logits(h) if keep_logits else None  # [B, T, V] only when asked for
+        nll = token_nll(logits, targets) if keep_logits else model.nll(h, targets, fused=True)
+        return LMOutput(chunk_losses(nll, loss_mask, model.cfg.loss_chunk(seq_len)), nll, logits)
     if update is None:
         raise ValueError("lm_loss(ttt=True) needs an inner update function")
     with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):

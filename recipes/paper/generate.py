@@ -45,11 +45,18 @@ TOKENIZER = LLAMA3_TOKENIZER  # gated: `huggingface-cli login` with access grant
 
 
 def memory(size: str, method: str, seq_len: int) -> tuple[dict, dict]:
-    """(trainer settings, model.config settings) that decide memory: the strategy and activation checkpointing."""
-    config = {"checkpoint_blocks": True}  # recompute whole-sequence blocks (prefix, fa, swa) in the backward pass
+    """(trainer settings, model.config settings) that decide memory: the strategy and activation checkpointing.
+
+    Chosen so that ``ttt plan`` fits every e2e recipe on 80 GB (tests/tools/test_plan_fits.py): e2e keeps
+    fewer inner-loop states as T/b grows (checkpointing through time), and 1b and 3b shard weights,
+    gradients and AdamW state over the node (FSDP2, docs/multinode.md)."""
+    config: dict = {"checkpoint_blocks": True}  # recompute whole-sequence blocks (prefix, fa, swa) in the backward pass
+    trainer = {"strategy": "ddp"}
     if method == "e2e":
-        config["checkpoint_chunks"] = "each"  # recompute each mini-batch: T/b states kept (sqrt and log keep fewer)
-    return {"strategy": "ddp"}, config
+        config["checkpoint_chunks"] = "each" if seq_len <= 8192 else "sqrt" if seq_len <= 32768 else "log"
+        if size in ("1b", "3b"):
+            trainer["strategy"] = "fsdp2"  # lightning_ttt.lit.sharding.FSDP2Strategy (docs/multinode.md)
+    return trainer, config
 
 
 def trained_as(method: str, seq_len: int) -> str:

@@ -60,7 +60,7 @@ def test_plan_warns_when_a_recipe_cannot_fit_and_advises_only_what_is_not_on(tmp
     assert warning.startswith("WARNING: about") and "lower data.batch_size (now 4)" in warning
     assert "checkpoint_blocks" not in warning and "checkpoint_chunks" not in warning  # the recipe sets both
     assert main(["plan", "--config", ext, "--data.batch_size", "4", "--model.config.checkpoint_chunks", "false"]) == 0
-    assert "set model.config.checkpoint_chunks: each (or sqrt, log)" in capsys.readouterr().out
+    assert "set model.config.checkpoint_chunks: sqrt or log (now none)" in capsys.readouterr().out
 
 
 def test_plan_reports_a_missing_recipe_or_a_bad_setting(tmp_path: Path, capsys) -> None:
