@@ -64,7 +64,7 @@ def memory(cfg: ModelConfig, n: dict[str, int], *, seq_len: int, micro: int, str
     if not cfg.ttt_in_training:
         parts["logits"] = micro * min(T, LOSS_TOKENS) * V * 12 if sliced_loss else tokens * V * (a + 8)
         return parts
-    b, k, heads = cfg.mini_batch, cfg.window, cfg.n_heads
+    b, k, heads = cfg.loss_chunk(T), cfg.window, cfg.n_heads
     chunks = T // b
     schedule = {True: "each", False: "none"}.get(cfg.checkpoint_chunks, cfg.checkpoint_chunks)
     state = micro * (n["fast"] * 4 + cfg.suffix_len * 2 * k * cfg.kv_heads * cfg.head_dim * a)
