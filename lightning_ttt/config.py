@@ -40,7 +40,7 @@ EXPORT_CONFIG, EXPORT_WEIGHTS = "config.json", "model.safetensors"
 # execution policies); every other field defines what the weights compute and must match.
 RUN_SETTINGS = frozenset({"window", "mini_batch", "rope_theta", "inner_lr", "inner_clip", "ilr_init",
                           "ilr_warmup_steps", "meta_learning", "attention_kernel", "checkpoint_chunks",
-                          "checkpoint_blocks", "init_std", "name"})
+                          "checkpoint_blocks", "offload_block_inputs", "init_std", "name"})
 SAME_WEIGHTS_METHODS = frozenset({"fa", "swa"})  # one set of weights, two attention spans
 RopeLayout = Literal["interleaved", "half"]
 ROPE_LAYOUTS: tuple[str, ...] = typing.get_args(RopeLayout)
@@ -121,6 +121,8 @@ class ModelConfig:
             mini-batch; keeps T/b states), sqrt (keeps about 2*sqrt(T/b)) or log (keeps about log2(T/b)+1,
             recomputes more); true/false mean each/none.
         checkpoint_blocks: Recompute each whole-sequence block in the backward pass (less memory, more time).
+        offload_block_inputs: With checkpoint_blocks, keep each block's saved input in host memory and copy
+            it back for the recomputation (no device memory for block inputs; two copies per block and step).
         name: Label used in logs and reports.
     """
 
@@ -162,6 +164,7 @@ class ModelConfig:
     attention_kernel: AttentionKernel = "auto"
     checkpoint_chunks: CheckpointSchedule | bool = "none"  # a bool (older recipes) becomes each / none
     checkpoint_blocks: bool = False
+    offload_block_inputs: bool = False
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -199,6 +202,8 @@ class ModelConfig:
         if self.checkpoint_chunks not in CHECKPOINT_SCHEDULES:
             yield (f"checkpoint_chunks={self.checkpoint_chunks!r} is unknown; expected one of "
                    f"{', '.join(CHECKPOINT_SCHEDULES)} (or true/false for each/none)")
+        if self.offload_block_inputs and not self.checkpoint_blocks:
+            yield "offload_block_inputs=true needs checkpoint_blocks=true (it offloads the inputs that checkpointing keeps)"
         if self.prime_hidden is not None and self.prime_hidden < 1:
             yield f"prime_hidden={self.prime_hidden} must be >= 1 (or None for mlp_hidden)"
         if self.norm_eps <= 0:

@@ -110,7 +110,7 @@ class TTTLanguageModel(L.LightningModule):
     def configure_model(self) -> None:
         """Execution policies, applied to the built model (torchtitan style)."""
         if self.cfg.checkpoint_blocks:
-            checkpoint_blocks(self.model)
+            checkpoint_blocks(self.model, offload_inputs=self.cfg.offload_block_inputs)
         if self.device_mesh is not None:  # ModelParallelStrategy (fsdp2): FSDP2 over the data-parallel ranks
             shard_model(self.model, self.device_mesh["data_parallel"])
 

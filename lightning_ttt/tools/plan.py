@@ -55,8 +55,8 @@ def memory(cfg: ModelConfig, n: dict[str, int], *, seq_len: int, micro: int, str
         parts["gathered unit"] = 4 * unit
     block = (BLOCK_D * d + BLOCK_H * h) * a  # bytes per token per block
     whole = cfg.prefix_len if cfg.ttt_in_training else cfg.n_layers
-    if cfg.checkpoint_blocks:
-        parts["block inputs"] = tokens * d * 4 * (whole + 1)
+    if cfg.checkpoint_blocks:  # with offload_block_inputs they wait in host memory; one is on the device at a time
+        parts["block inputs"] = tokens * d * 4 * (1 if cfg.offload_block_inputs else whole + 1)
         parts["one block recomputed"] = tokens * block
     else:
         parts["blocks"] = tokens * block * whole
@@ -98,7 +98,8 @@ def plan(settings: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
             "vocab_size": cfg.vocab_size, "tied": cfg.tie_embeddings, "attention": _attention(cfg), "method": cfg.method,
             "seq_len": T, "micro_batch": micro, "world": world, "accumulate": accumulate,
             "tokens_per_step": micro * T * world * accumulate, "strategy": strategy,
-            "checkpoint_chunks": cfg.checkpoint_chunks, "checkpoint_blocks": cfg.checkpoint_blocks, "flops_per_token": flops,
+            "checkpoint_chunks": cfg.checkpoint_chunks, "checkpoint_blocks": cfg.checkpoint_blocks,
+            "offload_block_inputs": cfg.offload_block_inputs, "flops_per_token": flops,
             "state_gb": state / 2**30, "activation_gb": total_gb - state / 2**30, "memory_gb": total_gb,
             "parts_gb": {k: v / 2**30 for k, v in parts.items()}, "fits": total_gb <= DEVICE_GB}
 
@@ -110,6 +111,8 @@ def memory_advice(p: dict[str, Any]) -> list[str]:
         advice.append(f"lower data.batch_size (now {p['micro_batch']}) and raise trainer.accumulate_grad_batches")
     if not p["checkpoint_blocks"]:
         advice.append("set model.config.checkpoint_blocks: true")
+    elif not p["offload_block_inputs"]:
+        advice.append("keep the checkpointed block inputs in host memory: model.config.offload_block_inputs: true")
     if p["method"] == "e2e" and p["checkpoint_chunks"] in ("none", "each"):
         advice.append(f"set model.config.checkpoint_chunks: sqrt or log (now {p['checkpoint_chunks']})")
     if p["world"] > 1 and not any(s in p["strategy"] for s in SHARDED):

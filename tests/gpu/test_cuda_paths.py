@@ -43,3 +43,27 @@ def test_bf16_meta_step_runs() -> None:
     assert torch.isfinite(loss)
     grads = [p.grad for n, p in model.named_parameters() if ".prime." in n]
     assert grads and all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+def test_offloaded_block_inputs_leave_the_device_and_keep_the_gradients() -> None:
+    """With offload_block_inputs the checkpointed blocks' inputs wait for the backward pass in host memory:
+    less device memory between forward and backward, the same gradients."""
+    from lightning_ttt.model.checkpointing import checkpoint_blocks
+
+    cfg = ModelConfig.from_preset("debug", "fa")
+    ids = torch.randint(0, cfg.vocab_size, (2, 4096), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    held, grads = {}, {}
+    for offload in (False, True):
+        torch.manual_seed(0)
+        model = checkpoint_blocks(Transformer(cfg).cuda(), offload)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        hidden = model(ids)
+        torch.cuda.synchronize()
+        held[offload] = torch.cuda.memory_allocated() - before
+        hidden.float().square().mean().backward()
+        grads[offload] = [p.grad.clone() for p in model.parameters()]
+    block_inputs = (cfg.n_layers - 1) * ids.numel() * cfg.d_model * 4  # every block input but the embedding's output
+    assert held[False] - held[True] >= 0.9 * block_inputs
+    for a, b in zip(grads[False], grads[True]):
+        torch.testing.assert_close(b, a)

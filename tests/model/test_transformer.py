@@ -160,16 +160,18 @@ def test_parameter_counts_match_paper(preset):
     assert fa.fast_weights() == {}
 
 
+@pytest.mark.parametrize("offload", [False, True], ids=["on-device", "offloaded-inputs"])
 @pytest.mark.parametrize("method", ["fa", "e2e"])
-def test_block_checkpointing_gives_the_same_loss_and_gradients(method: str) -> None:
+def test_block_checkpointing_gives_the_same_loss_and_gradients(method: str, offload: bool) -> None:
     """Activation checkpointing per whole-sequence block is a policy applied to the built model: same
-    function, same gradients, same state-dict keys, and the blocks really run again in the backward pass."""
+    function, same gradients, same state-dict keys, and the blocks really run again in the backward pass
+    (also when the saved inputs are held in host memory)."""
     results = []
     for recompute in (False, True):
         model = small_model(method=method, suffix_len=1 if method == "e2e" else 0)
         keys = list(model.state_dict())
         if recompute:
-            checkpoint_blocks(checkpoint_blocks(model))  # idempotent
+            checkpoint_blocks(checkpoint_blocks(model, offload), offload)  # idempotent
             assert list(model.state_dict()) == keys
         calls = []
         model.blocks[0].attn.register_forward_hook(lambda *_: calls.append(1))
