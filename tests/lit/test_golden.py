@@ -21,7 +21,8 @@ from golden import GOLDEN, RECIPES, THREADS, train_losses  # tests/lit/golden.py
 TOLERANCE = 1e-3
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=pytest.mark.slow) if r in ("swa", "e2e-naive") else r
+                                    for r in RECIPES])  # fa and e2e in test-fast, all four in make test
 def test_debug_recipe_trains_as_recorded(recipe: str) -> None:
     golden = json.loads(GOLDEN.read_text())
     assert golden["threads"] == THREADS and len(golden["losses"][recipe]) == golden["steps"]

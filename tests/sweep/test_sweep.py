@@ -41,7 +41,8 @@ def _events(path: Path):
 
 
 # ---------------------------------------------------------------------- spec and plan
-@pytest.mark.parametrize("recipe", SWEEP_RECIPES, ids=[p.name for p in SWEEP_RECIPES])
+@pytest.mark.parametrize("recipe", [pytest.param(p, id=p.name, marks=[pytest.mark.slow] * (p.name == "sweep-context.yaml"))
+                                    for p in SWEEP_RECIPES])  # the 15-fit sweep loads only in make test
 def test_sweep_recipes_plan_and_every_run_config_loads_through_the_cli(recipe: Path) -> None:
     spec = load_spec(recipe)
     steps = plan(spec)

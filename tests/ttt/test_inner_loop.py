@@ -138,7 +138,7 @@ def meta_loss_of(model, update, ids, targets, mask, n_entries=12):
 
 
 @pytest.mark.parametrize("kernel", ["auto", "explicit"])
-@pytest.mark.parametrize("clip", [1e3, 0.05])
+@pytest.mark.parametrize("clip", [pytest.param(1e3, marks=pytest.mark.slow), 0.05])  # the clipped branch in test-fast
 def test_meta_gradient_gradcheck(kernel, clip):
     """float64 finite differences of the meta loss agree with autograd through the inner SGD steps."""
     model = tiny_model(attention_kernel=kernel, inner_clip=clip)
@@ -154,6 +154,7 @@ def test_meta_gradient_gradcheck(kernel, clip):
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
+@pytest.mark.slow  # a third gradcheck (about 2 s)
 def test_meta_gradient_gradcheck_with_llama_options():
     """The same check with grouped-query attention, half RoPE, Llama-3 scaling, pre-norm only, no QK-norm,
     biases and an untied head (the SDPA math kernel with GQA in the second suffix block)."""
