@@ -10,9 +10,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-setup: $(BIN)/python  ## install the package (CPU torch 2.13.0 wheel first, so no CUDA build is pulled)
+# a stamp: the install is redone only when the package's metadata changes (or the venv is new)
+INSTALLED := $(VENV)/.installed
+
+$(INSTALLED): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[cpu,dev,hf]"
+	touch $@
+
+setup: $(INSTALLED)  ## install the package (CPU torch 2.13.0 wheel first, so no CUDA build is pulled)
 
 train: setup  ## the main job: TTT-E2E on the debug model, embedded corpus, CPU
 	$(BIN)/ttt fit --config recipes/debug/e2e.yaml
