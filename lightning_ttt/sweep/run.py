@@ -94,8 +94,10 @@ class SweepRunner:
         command = [sys.executable, "-m", "lightning_ttt", "fit", "--config", str(config_path)]
         last = self.out / fit.checkpoint
         if last.is_file():  # an interrupted run: continue where it stopped
-            print(f"  resuming from {last}", flush=True)
-            command += ["--ckpt_path", str(last)]
+            step = checkpoint_step(last)
+            print(f"  resuming from {last} (step {step})", flush=True)
+            # the run logs into its old TensorBoard version: drop what it logged after the checkpoint
+            command += ["--ckpt_path", str(last), "--trainer.logger.init_args.purge_step", str(step)]
         seconds = self._call(command, run_dir / "fit.log", fit.name)
         if not last.is_file():
             raise RuntimeError(f"sweep point {fit.name}: training finished without {last}")
@@ -135,6 +137,13 @@ class SweepRunner:
             if self.echo:
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.buffer.flush()
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step a Lightning checkpoint was saved at (tensors memory-mapped, not read)."""
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
 
 
 def check_configs(spec: SweepSpec, steps: list[Step]) -> None:

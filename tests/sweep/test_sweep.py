@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from sweeps import run_sweep, tiny_sweep_spec  # tests/sweeps.py
 
 from lightning_ttt.cli import main
@@ -268,9 +270,15 @@ def test_an_interrupted_fit_resumes_from_its_last_checkpoint(tiny_sweep, tmp_pat
         (point / marker).unlink()
     resumed = run_sweep(tiny_sweep.spec, out)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resuming from {point / 'checkpoints' / 'last.ckpt'}" in resumed.stdout
+    step = torch.load(point / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert f"resuming from {point / 'checkpoints' / 'last.ckpt'} (step {step})" in resumed.stdout
     assert "11 skipped" in resumed.stdout and (point / "fit.done.json").is_file()
     assert len((out / "summary.jsonl").read_text().splitlines()) == 6
+    # the resumed run writes into the point's old TensorBoard version and purges what followed the checkpoint
+    events = sorted(point.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    starts = [e.step for e in EventFileLoader(str(events[-1])).Load()
+              if e.HasField("session_log") and e.session_log.status == e.session_log.START]
+    assert starts == [step]
 
 
 @pytest.mark.slow  # runs `ttt sweep` in subprocesses
