@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,9 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_ttt.io import atomic_write
+
+
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # a full disk, a file-size limit, a quota
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -26,7 +30,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             atomic_write(path, lambda f: torch.save(checkpoint, f))
         except Exception as err:  # torch.save wraps a failed write (e.g. a full disk) in a RuntimeError
             cause = _os_error(err)
-            if cause is None:
+            if cause is None or cause.errno not in NO_SPACE:
                 raise
             raise OSError(cause.errno, f"writing checkpoint {path} failed ({cause.strerror}: is the disk full?); "
                                        "the previous file there is unchanged") from err

@@ -12,6 +12,7 @@ from typing import Any
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_ttt.config import resolved_settings
 from lightning_ttt.data.datamodule import LongContextDataModule
@@ -121,6 +122,9 @@ class TTTLightningCLI(LightningCLI):
         except (MisconfigurationException, ModuleNotFoundError) as err:  # e.g. an accelerator this machine lacks
             raise SettingsError(f"trainer: {str(err).strip()}") from err
         trainer.callbacks.extend(release_callbacks())  # the start-up messages held by `ttt` print as the run starts
+        if ckpt_path and self.subcommand == "fit" and trainer.logger is not None:
+            rank_zero_info(f"resuming from {ckpt_path}: this run logs into {trainer.log_dir} (what was logged "
+                           "before the resume stays where it was written)")
         return trainer
 
 

@@ -77,7 +77,7 @@ def test_the_config_given_wins_over_the_checkpoint_hyperparameters(tmp_path: Pat
     torch.testing.assert_close(cli.model.model.embed.weight, module.model.embed.weight)  # its weights were loaded
 
 
-def test_resumed_fit_follows_the_configured_optimiser_and_schedule(tmp_path: Path) -> None:
+def test_resumed_fit_follows_the_configured_optimiser_and_schedule(tmp_path: Path, caplog) -> None:
     """A new lr, AdamW setting or trainer.max_steps given on resuming takes effect, instead of the
     values restored with the checkpoint's optimiser and scheduler state."""
     torch.manual_seed(0)
@@ -90,6 +90,7 @@ def test_resumed_fit_follows_the_configured_optimiser_and_schedule(tmp_path: Pat
     cli = cli_main(["fit", "--config", E2E, *SMALL, "--ckpt_path", str(tmp_path / "last.ckpt"), "--trainer.max_steps=5",
                     "--model.warmup_fraction=0", f"--trainer.logger.init_args.save_dir={tmp_path}"])
     assert cli.trainer.global_step == 5
+    assert f"resuming from {tmp_path / 'last.ckpt'}: this run logs into {cli.trainer.log_dir}" in caplog.text
     (group,) = cli.trainer.optimizers[0].param_groups
     assert group["initial_lr"] == 3e-3 and group["weight_decay"] == 0.1  # the recipe's, not the checkpoint's
     scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
