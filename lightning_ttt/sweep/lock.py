@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lightning_ttt.io import process_running
+
 LOCK = "sweep.lock"
 
 
@@ -39,7 +41,7 @@ def _acquire(path: Path) -> None:
                 return
             except FileExistsError:
                 pid = _holder(path)
-                if pid is not None and _alive(pid):
+                if pid is not None and process_running(pid):
                     raise FileExistsError(f"{path.parent} is in use by another ttt sweep (PID {pid}, lock {path})") \
                         from None
                 print(f"ttt sweep: taking over the stale lock {path} (PID {pid} is not running)", file=sys.stderr)
@@ -53,16 +55,6 @@ def _holder(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextmanager

@@ -329,19 +329,25 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-@pytest.mark.slow  # a subprocess sweep stopped by SIGTERM
-def test_stopping_the_sweep_stops_its_running_point(tmp_path: Path) -> None:
+def _endless_sweep(tmp_path: Path, out: Path) -> tuple[subprocess.Popen, list[int]]:
+    """A `ttt sweep` subprocess whose first point trains until stopped, and the PIDs of its running children."""
     raw = tiny_sweep_spec()
     raw["sweep"].update(methods=["e2e"], where=[])
     del raw["sweep"]["pretrain"]["share"]
     raw["sweep"]["pretrain"]["set"]["trainer.max_steps"] = 10**6  # runs until stopped
-    out = tmp_path / "out"
     sweep = subprocess.Popen([sys.executable, "-m", "lightning_ttt", "sweep", str(_write(tmp_path, raw)),
                               "--out-dir", str(out), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while not (children := _children(sweep.pid)) and time.monotonic() < deadline and sweep.poll() is None:
         time.sleep(0.2)
     assert children, sweep.stderr.read().decode() if sweep.poll() is not None else "no child started"
+    return sweep, children
+
+
+@pytest.mark.slow  # a subprocess sweep stopped by SIGTERM
+def test_stopping_the_sweep_stops_its_running_point(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    sweep, children = _endless_sweep(tmp_path, out)
     sweep.send_signal(signal.SIGTERM)
     assert sweep.wait(timeout=120) == 128 + signal.SIGTERM
     for pid in children:
@@ -352,17 +358,7 @@ def test_stopping_the_sweep_stops_its_running_point(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # a subprocess sweep killed by SIGKILL
 def test_a_killed_sweep_leaves_no_running_point(tmp_path: Path) -> None:
-    raw = tiny_sweep_spec()
-    raw["sweep"].update(methods=["e2e"], where=[])
-    del raw["sweep"]["pretrain"]["share"]
-    raw["sweep"]["pretrain"]["set"]["trainer.max_steps"] = 10**6  # runs until stopped
-    sweep = subprocess.Popen([sys.executable, "-m", "lightning_ttt", "sweep", str(_write(tmp_path, raw)),
-                              "--out-dir", str(tmp_path / "out"), "--quiet"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (children := _children(sweep.pid)) and time.monotonic() < deadline and sweep.poll() is None:
-        time.sleep(0.2)
-    assert children, "no child started"
+    sweep, children = _endless_sweep(tmp_path, tmp_path / "out")
     sweep.kill()  # no handler runs: the child must notice its parent's death by itself
     assert sweep.wait(timeout=60) == -signal.SIGKILL
     deadline = time.monotonic() + 120
