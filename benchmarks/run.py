@@ -24,6 +24,8 @@ from pathlib import Path
 
 from benchmarks import train_speed
 from benchmarks.train_memory import measure_train_peak_mb
+from lightning_ttt.config import ModelConfig
+from lightning_ttt.model.flops import model_flops
 from lightning_ttt.infer import bench as infer_bench
 
 METHODS = ("fa", "swa", "e2e")
@@ -87,9 +89,13 @@ class Progress:
 
 def train(plan: BenchPlan, say: Progress, errors: list[str], saved=lambda part: None) -> dict:
     """Step-time ratios (interleaved rounds, medians) and peak memory per method and length."""
-    out: dict = {"e2e_over_fa": {}, "e2e_over_swa": {}, "s_per_step": {m: {} for m in METHODS},
-                 "peak_mb": {m: {} for m in METHODS}}
+    out: dict = {"e2e_over_fa": {}, "e2e_over_swa": {}, "flops_e2e_over_fa": {}, "flops_e2e_over_swa": {},
+                 "s_per_step": {m: {} for m in METHODS}, "peak_mb": {m: {} for m in METHODS}}
     for seq_len in plan.train_lengths:
+        flops = {m: model_flops(ModelConfig.from_preset(plan.preset, m, window=plan.window, mini_batch=plan.mini_batch),
+                                seq_len) for m in METHODS}
+        for base in ("fa", "swa"):  # what the ratio would be if every method ran its matrix products equally fast
+            out[f"flops_e2e_over_{base}"][str(seq_len)] = flops["e2e"] / flops[base]
         long = seq_len >= plan.long
         steps = 1 if long else plan.train_steps
         args = train_speed.parse_args(["--preset", plan.preset, "--window", str(plan.window), "--mini-batch",

@@ -35,7 +35,9 @@ def table(summary: dict) -> str:
         lines.append("")
 
     if train:
-        section("training step (T)", [("e2e / fa", train["e2e_over_fa"], ".2f"), ("e2e / swa", train["e2e_over_swa"], ".2f")]
+        section("training step (T)", [("e2e / fa", train["e2e_over_fa"], ".2f"), ("e2e / swa", train["e2e_over_swa"], ".2f"),
+                                      ("e2e / fa in FLOPs", train.get("flops_e2e_over_fa", {}), ".2f"),
+                                      ("e2e / swa in FLOPs", train.get("flops_e2e_over_swa", {}), ".2f")]
                 + [(f"{m} s/step", train["s_per_step"][m], ".3f") for m in METHODS]
                 + [(f"{m} peak MB", train["peak_mb"][m], ".0f") for m in METHODS])
     if infer:

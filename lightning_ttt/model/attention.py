@@ -117,12 +117,17 @@ def chunk_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, past: 
     ``causal_past``: the keys are [older keys ; the chunk's own] with the own ones from index ``past``
     on and every older key visible to every query (full attention). Then, without gradients, no
     [C, tk] mask is built: flash-attn or SDPA align the causal mask to the bottom right on CUDA, and on
-    the CPU the older and own keys are attended separately and merged by their log-sum-exps.
+    the CPU the older and own keys are attended separately and merged by their log-sum-exps. A
+    ``causal_past`` chunk may come without a mask; it is built (cached) only where a kernel needs one.
     """
     chunk = q.shape[-2]
     fused = causal_past and past and chunk > 1 and kernel != "explicit" and not (
         torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
     if not fused:
+        if mask is None and causal_past and past is not None and chunk > 1:
+            if past == 0:  # no older keys: plain causal attention
+                return attend(q, k, v, None, kernel, causal=True)
+            mask = band_bias(chunk, k.shape[-2], past, None, q.dtype, q.device)  # [C, tk]: older keys, own causally
         return attend(q, k, v, mask, kernel)
     if q.is_cuda:
         if flash_attn_available():

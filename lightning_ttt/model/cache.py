@@ -29,7 +29,8 @@ class ChunkKeys(NamedTuple):
 
     k: Tensor  # [B, Hkv, tk, hd] rotated keys
     v: Tensor  # [B, Hkv, tk, hd]
-    mask: Tensor | None  # additive [C, tk] in the keys' dtype (0 allowed, -inf not); None: every key is visible
+    mask: Tensor | None  # additive [C, tk] in the keys' dtype (0 allowed, -inf not); None: every key is visible,
+    # or, for full attention with ``past`` set, every older key and the chunk's own causally (built only if needed)
     past: int | None  # keys [past:] are the chunk's own, in order, and every earlier key precedes the chunk;
     # None when a ring has wrapped (the chunk's keys sit among the older ones)
 
@@ -74,6 +75,8 @@ class KVCache(NamedTuple):
             oldest = max(0, stop - rows)
             if chunk == 1 and (window is None or oldest >= needed):
                 return ChunkKeys(keys, values, None, used - 1 if stop <= rows else None)
+            if window is None and stop <= rows:  # in position order: the causal mask is implied by ``past``
+                return ChunkKeys(keys, values, None, used - chunk)
             slots = torch.arange(used, device=k.device)
             positions = slots + rows * torch.div(stop - 1 - slots, rows, rounding_mode="floor")  # [used] slot s: p % rows = s
             mask = window_mask(torch.arange(start, stop, device=k.device), positions, window)

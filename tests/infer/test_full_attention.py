@@ -13,7 +13,8 @@ from infer_models import tiny_model
 from tiny_models import LLAMA_OPTIONS  # tests/tiny_models.py
 
 
-@pytest.mark.parametrize("options", [{}, dict(LLAMA_OPTIONS, n_heads=4, n_kv_heads=2)], ids=["paper", "llama-gqa"])
+@pytest.mark.parametrize("options", [{}, dict(LLAMA_OPTIONS, n_heads=4, n_kv_heads=2), {"attention_kernel": "explicit"}],
+                         ids=["paper", "llama-gqa", "explicit"])  # explicit: the cache's implied causal mask is built
 def test_fa_chunked_prefill_and_decode_equal_the_whole_sequence_forward(monkeypatch, options):
     monkeypatch.setattr(session_module, "FA_PIECE", 5)  # several prefill chunks per call, with older keys
     model = tiny_model("fa", **options)
