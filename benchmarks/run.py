@@ -133,14 +133,14 @@ def train(plan: BenchPlan, say: Progress, errors: list[str], saved=lambda part: 
 def infer(plan: BenchPlan, say: Progress, errors: list[str], saved=lambda part: None) -> dict:
     """Prefill s/1K, decode ms/token and peak memory of ``InferenceSession`` (``ttt bench``'s measurement)."""
     out: dict = {"prefill_s_per_1k": {m: {} for m in METHODS}, "decode_ms": {m: {} for m in METHODS},
-                 "peak_mb": {m: {} for m in METHODS}}
+                 "peak_mb": {m: {} for m in METHODS}, "fa_whole_forward_s_per_1k": {}}
     runs = [(c, m) for c in plan.prefill_lengths for m in METHODS]
     runs += [(c, "e2e") for c in plan.e2e_peak_lengths if c not in plan.prefill_lengths]
     for context in dict.fromkeys(c for c, _ in runs):
         methods = [m for c, m in runs if c == context]
         decode = plan.decode_tokens if context in plan.decode_lengths else 0
         settings = infer_bench.Settings(preset=plan.preset, window=plan.window, mini_batch=plan.mini_batch, decode=decode,
-                                        threads=plan.threads)
+                                        threads=plan.threads, whole_forward=True)
         rows: dict[str, list[dict]] = {m: [] for m in methods}
         rounds = 1 if context >= plan.long else plan.infer_rounds
         for r in range(rounds):
@@ -153,7 +153,9 @@ def infer(plan: BenchPlan, say: Progress, errors: list[str], saved=lambda part: 
                 rows[method].append(row)
                 say(f"infer {method:<3} {context:>8}: prefill {row['prefill_s_per_1k']:.3f} s/1K"
                     + (f", decode {row['decode_ms_per_token']:.1f} ms/token" if decode else "")
-                    + f", peak {row['peak_mem_mb']:.0f} MB")
+                    + f", peak {row['peak_mem_mb']:.0f} MB"
+                    + (f"; whole-sequence forward {row['whole_forward_s_per_1k']:.3f} s/1K" if "whole_forward_s_per_1k" in row
+                       else ""))
         for method, got in rows.items():
             if not got:
                 continue
@@ -162,6 +164,8 @@ def infer(plan: BenchPlan, say: Progress, errors: list[str], saved=lambda part: 
             out["peak_mb"][method][str(context)] = med("peak_mem_mb")
             if decode:
                 out["decode_ms"][method][str(context)] = med("decode_ms_per_token")
+            if all("whole_forward_s_per_1k" in r for r in got):
+                out["fa_whole_forward_s_per_1k"][str(context)] = med("whole_forward_s_per_1k")
         saved(out)
     return out
 

@@ -42,6 +42,7 @@ def table(summary: dict) -> str:
                 + [(f"{m} peak MB", train["peak_mb"][m], ".0f") for m in METHODS])
     if infer:
         section("inference (context)", [(f"{m} prefill s/1K", infer["prefill_s_per_1k"][m], ".3f") for m in METHODS]
+                + [("fa whole-sequence forward s/1K", infer.get("fa_whole_forward_s_per_1k", {}), ".3f")]
                 + [(f"{m} decode ms/token", infer["decode_ms"][m], ".1f") for m in METHODS]
                 + [(f"{m} peak MB", infer["peak_mb"][m], ".0f") for m in METHODS])
     if meta:

@@ -51,6 +51,7 @@ class Settings:
     threads: int = 1
     device: str = "cpu"
     model_dir: str | None = None  # an exported model instead of the preset's random weights
+    whole_forward: bool = False  # fa: also time one whole-sequence forward of the context (no cache, no chunks)
 
     def config(self, method: str) -> ModelConfig:
         """The model settings measured for ``method`` (one-line errors for bad ones)."""
@@ -97,9 +98,18 @@ def measure(method: str, context: int, args: Settings) -> dict:
     sync()
     decode = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
-    return {"method": method, "context": context, "prefill_s": prefill, "prefill_s_per_1k": prefill / context * 1024,
-            "decode_ms_per_token": decode / max(args.decode, 1) * 1e3, "peak_mem_mb": peak - base,
-            "device": str(device), "threads": args.threads, "window": cfg.window, "mini_batch": cfg.mini_batch}
+    row = {"method": method, "context": context, "prefill_s": prefill, "prefill_s_per_1k": prefill / context * 1024,
+           "decode_ms_per_token": decode / max(args.decode, 1) * 1e3, "peak_mem_mb": peak - base,
+           "device": str(device), "threads": args.threads, "window": cfg.window, "mini_batch": cfg.mini_batch}
+    if args.whole_forward and method == "fa":  # after the peak: what chunked prefill must not be slower than
+        del session
+        ids = torch.randint(0, cfg.vocab_size, (1, context), generator=gen).to(device)
+        started = time.perf_counter()
+        with torch.no_grad():
+            model.logits(model(ids)[:, -1:])
+        sync()
+        row["whole_forward_s_per_1k"] = (time.perf_counter() - started) / context * 1024
+    return row
 
 
 def run_fresh(method: str, context: int, args: Settings, timeout: float) -> dict:

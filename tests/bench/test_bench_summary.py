@@ -48,6 +48,10 @@ def test_quick_run_writes_every_key(tmp_path):
     bad = {k: v for k, v in values.items() if not (isinstance(v, float) and math.isfinite(v) and v > 0)}
     assert bad == {}
     assert summary["meta"]["quick"] is True and summary["meta"]["missing"] == []
+    # beyond the keys: the FLOP ratios (what equal speed per FLOP would give) and fa's unchunked forward
+    t = str(QUICK.train_lengths[0])
+    assert summary["train"]["flops_e2e_over_fa"][t] > 1 and summary["train"]["flops_e2e_over_swa"][t] > 1
+    assert set(summary["infer"]["fa_whole_forward_s_per_1k"]) == {str(c) for c in QUICK.prefill_lengths}
     assert not list(tmp_path.glob("*.tmp"))  # written atomically
     rendered = table(summary)
-    assert "| e2e / fa |" in rendered and "| e2e prefill s/1K |" in rendered
+    assert "| e2e / fa |" in rendered and "| e2e prefill s/1K |" in rendered and "| e2e / fa in FLOPs |" in rendered
