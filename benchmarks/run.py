@@ -43,8 +43,8 @@ class BenchPlan:
     e2e_peak_lengths: tuple[int, ...]  # e2e inference peak memory at these contexts
     decode_tokens: int
     long: int  # from this length on: one round, fewer steps
-    train_rounds: int = 2
-    train_steps: int = 3  # timed steps per round below ``long`` (1 from ``long`` on)
+    train_rounds: int = 3  # a shared machine swings single rounds by tens of percent
+    train_steps: int = 5  # timed steps per round below ``long`` (1 from ``long`` on)
     infer_rounds: int = 2  # below ``long`` (1 from ``long`` on)
     preset: str = "debug"
     threads: int = 2
