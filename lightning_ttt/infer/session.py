@@ -28,7 +28,7 @@ from lightning_ttt.ttt.inner_loop import chunk_step, initial_fast_weights
 from lightning_ttt.ttt.update import UpdateFn, make_update
 
 
-FA_PIECE = 2048  # prompt tokens per chunk for full attention (no TTT step bounds it; larger chunks, fewer calls)
+PREFILL_PIECE = 2048  # most prompt tokens the blocks without fast weights read at once (memory O(piece + window))
 
 
 class InferenceSession:
@@ -73,12 +73,13 @@ class InferenceSession:
 
     # ------------------------------------------------------------------ reading tokens
     @torch.no_grad()
-    def _prefix(self, ids: Tensor) -> Tensor:
-        """Embedding + blocks without fast weights on one piece [B, n] -> [B, n, D], advancing their caches."""
+    def _prefix(self, ids: Tensor, start: int) -> Tensor:
+        """Embedding + blocks without fast weights on one piece [B, n] at positions start.. -> [B, n, D],
+        advancing their caches."""
         h = self.model.embed(ids)
         for i, block in enumerate(self.model.blocks[: self.cfg.prefix_len]):
-            h, self.prefix_caches[i] = block.forward_chunk(h, self.prefix_caches[i], self.pos, self.window,
-                                                           self.kernel, None)
+            h, self.prefix_caches[i] = block.forward_chunk(h, self.prefix_caches[i], start, self.window, self.kernel,
+                                                           None)
         return h
 
     def _ttt_step(self, h: Tensor, targets: Tensor, start: int) -> Tensor:
@@ -101,34 +102,54 @@ class InferenceSession:
 
     def feed(self, ids: Tensor, keep_logits: bool = False) -> Tensor:
         """Read tokens ids [B, t]; returns the logits [B, t, V] (only the last position, [B, 1, V],
-        unless ``keep_logits``). Pieces are at most b tokens (``FA_PIECE`` for fa), so prefill memory is
-        O(b + window) for swa and e2e."""
+        unless ``keep_logits``). The blocks without fast weights read pieces of ``piece_len()`` tokens;
+        e2e's suffix then steps through each piece mini-batch by mini-batch, so prefill memory is
+        O(piece + window) for swa and e2e."""
         if ids.dim() != 2 or ids.shape[0] != self.batch:
             raise ValueError(f"expected token ids of shape [{self.batch}, t], got {list(ids.shape)}")
         if self.window is None and self.pos + ids.shape[1] > self.rows:
             raise ValueError(f"full attention cache holds {self.rows} tokens; {self.pos + ids.shape[1]} requested")
         ids = ids.to(self.device)
-        b, total, i, kept = self.cfg.mini_batch, ids.shape[1], 0, []
-        most = b if self.ttt or self.window is not None else FA_PIECE  # tokens per chunk
-        while i < total:
-            if self.ttt and self.pending == b:
+        kept, size = [], self.piece_len()
+        for lo in range(0, ids.shape[1], size):
+            piece = ids[:, lo:lo + size]  # [B, n]
+            h = self._prefix(piece, self.pos)  # [B, n, D]
+            if self.ttt:
+                kept += self._suffix(h, ids, lo, keep_logits)
+                continue
+            with torch.no_grad():
+                logits = self.model.logits(h if keep_logits else h[:, -1:])
+            self.pos += piece.shape[1]
+            kept.append(logits)
+        return torch.cat(kept, dim=1) if keep_logits else kept[-1]
+
+    def piece_len(self) -> int:
+        """Tokens the blocks without fast weights read at once: ``PREFILL_PIECE`` for full attention; with a
+        window, half of it (at least b, at most ``PREFILL_PIECE``), since a piece attends to [window ; piece]
+        keys and a longer one wastes more of its scores (debug e2e at 16K: 0.126 s/1K with pieces of 128,
+        0.107 with 512, 0.122 with 2048; swa 0.129, 0.066, 0.083)."""
+        if self.window is None:
+            return PREFILL_PIECE
+        return min(PREFILL_PIECE, max(self.cfg.mini_batch, self.window // 2))
+
+    def _suffix(self, h: Tensor, ids: Tensor, lo: int, keep_logits: bool) -> list[Tensor]:
+        """e2e: the suffix blocks over the prefix output h [B, n, D] of ids[:, lo:lo+n], mini-batch by
+        mini-batch (a TTT step whenever a mini-batch and its last target are known); returns the logits."""
+        b, total, stop, i, kept = self.cfg.mini_batch, ids.shape[1], lo + h.shape[1], lo, []
+        while i < stop:
+            if self.pending == b:
                 self._flush(ids[:, i:i + 1])
-            n = min(most - self.pending, total - i)
-            piece = ids[:, i:i + n]  # [B, n]
-            h = self._prefix(piece)
-            if self.ttt and self.pending == 0 and n == b and i + n < total:  # targets known: one pass with grad
-                logits = self._ttt_step(h, ids[:, i + 1:i + n + 1], self.pos)
-            elif self.ttt:
-                with torch.no_grad():
-                    out, self.live_caches = self.model.suffix_chunk(h, self.fast, self.live_caches, self.pos)
-                    logits = self.model.logits(out)
-                self.pending_h.append(h)
-                self.pending_ids.append(piece)
+            n = min(b - self.pending, stop - i)
+            part, h_part = ids[:, i:i + n], h[:, i - lo:i - lo + n]  # [B, n], [B, n, D]
+            if self.pending == 0 and n == b and i + n < total:  # targets known: one pass with grad
+                logits = self._ttt_step(h_part, ids[:, i + 1:i + n + 1], self.pos)
             else:
                 with torch.no_grad():
-                    logits = self.model.logits(h if keep_logits else h[:, -1:])
+                    out, self.live_caches = self.model.suffix_chunk(h_part, self.fast, self.live_caches, self.pos)
+                    logits = self.model.logits(out)
+                self.pending_h.append(h_part)
+                self.pending_ids.append(part)
             self.pos += n
             i += n
             kept.append(logits if keep_logits else logits[:, -1:])
-        return torch.cat(kept, dim=1) if keep_logits else kept[-1]
-
+        return kept

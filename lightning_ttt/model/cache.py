@@ -81,13 +81,12 @@ class KVCache(NamedTuple):
             positions = slots + rows * torch.div(stop - 1 - slots, rows, rounding_mode="floor")  # [used] slot s: p % rows = s
             mask = window_mask(torch.arange(start, stop, device=k.device), positions, window)
             return ChunkKeys(keys, values, as_bias(mask, k.dtype), used - chunk if stop <= rows else None)
-        # the chunk is wider than the slack: attend over [slots ; chunk], then keep the chunk's newest keys
+        # the chunk is wider than the slack: attend over [older keys in position order ; chunk], then keep the
+        # chunk's newest keys; in order, the mask is the cached band of this shape
         used = min(rows, start)
-        slots = torch.arange(used, device=k.device)
-        positions = slots + rows * torch.div(start - 1 - slots, rows, rounding_mode="floor")
-        positions = torch.cat([positions, torch.arange(start, stop, device=k.device)])  # [used + C]
-        seen = ChunkKeys(torch.cat([self.k[:, :, :used], k], dim=2), torch.cat([self.v[:, :, :used], v], dim=2),
-                         as_bias(window_mask(positions[used:], positions, window), k.dtype), used)
+        slots = torch.arange(start - used, start, device=k.device) % rows  # [used]: slots of positions start-used..
+        keys, values = torch.cat([self.k[:, :, slots], k], dim=2), torch.cat([self.v[:, :, slots], v], dim=2)
+        seen = ChunkKeys(keys, values, band_bias(chunk, used + chunk, used, window, k.dtype, k.device), used)
         keep = min(chunk, rows)
         self._store(k[:, :, -keep:], v[:, :, -keep:], stop - keep)
         return seen

@@ -16,7 +16,7 @@ from tiny_models import LLAMA_OPTIONS  # tests/tiny_models.py
 @pytest.mark.parametrize("options", [{}, dict(LLAMA_OPTIONS, n_heads=4, n_kv_heads=2), {"attention_kernel": "explicit"}],
                          ids=["paper", "llama-gqa", "explicit"])  # explicit: the cache's implied causal mask is built
 def test_fa_chunked_prefill_and_decode_equal_the_whole_sequence_forward(monkeypatch, options):
-    monkeypatch.setattr(session_module, "FA_PIECE", 5)  # several prefill chunks per call, with older keys
+    monkeypatch.setattr(session_module, "PREFILL_PIECE", 5)  # several prefill chunks per call, with older keys
     model = tiny_model("fa", **options)
     ids = torch.randint(0, 11, (2, 40), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
