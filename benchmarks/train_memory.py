@@ -8,6 +8,7 @@ its peak resident set size above the resident size after building the model and 
 
     python -m benchmarks.train_memory                           # debug preset, k 1024, b 128, T 1K 4K 16K
     python -m benchmarks.train_memory --lengths 16384 --methods fa swa --json bench-results/memory.json
+    python -m benchmarks.train_memory --lengths 16384 --methods swa fa --set d_model=256 --set n_layers=8 --set mlp_hidden=768
 
 From Python: ``measure_train_peak_mb("swa", 16384)``.
 """
@@ -33,7 +34,8 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131
 
 
 def _one_step_peak_mb(method: str, seq_len: int, preset: str, window: int, mini_batch: int, batch: int,
-                      checkpoint_chunks: bool, checkpoint_blocks: bool, device: str, threads: int) -> dict:
+                      checkpoint_chunks: bool, checkpoint_blocks: bool, device: str, threads: int,
+                      overrides: dict | None = None) -> dict:
     """Run one training step in *this* process; returns its peak memory (meaningful in a fresh process only)."""
     import resource
 
@@ -51,7 +53,7 @@ def _one_step_peak_mb(method: str, seq_len: int, preset: str, window: int, mini_
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = ModelConfig.from_preset(preset, method, window=window, mini_batch=mini_batch)
+    cfg = ModelConfig.from_preset(preset, method, window=window, mini_batch=mini_batch, **(overrides or {}))
     model = Transformer(cfg).to(device)
     if checkpoint_blocks:
         wrap_blocks(model)
@@ -67,7 +69,7 @@ def _one_step_peak_mb(method: str, seq_len: int, preset: str, window: int, mini_
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"method": method, "seq_len": seq_len, "preset": preset, "window": window, "mini_batch": mini_batch,
             "batch": batch, "checkpoint_chunks": checkpoint_chunks, "checkpoint_blocks": checkpoint_blocks,
-            "device": device, "peak_mb": peak - base, "loss": float(out.loss)}
+            "device": device, "overrides": overrides or {}, "peak_mb": peak - base, "loss": float(out.loss)}
 
 
 def measure_train_peak_mb(method: str, seq_len: int, *, preset: str = "debug", window: int = 1024,
@@ -106,19 +108,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a model setting of the preset, e.g. --set d_model=256 --set n_layers=8")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--single", help=argparse.SUPPRESS)  # internal: one measurement, JSON spec
     args = parser.parse_args(argv)
     if args.single:
         print(json.dumps(_one_step_peak_mb(**{k: v for k, v in json.loads(args.single).items() if k != "timeout"})))
         return 0
+    overrides = {}
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            parser.error(f"--set {item!r}: expected FIELD=VALUE, e.g. d_model=256")
+        try:
+            overrides[field] = json.loads(value)  # numbers and booleans; anything else stays a string
+        except json.JSONDecodeError:
+            overrides[field] = value
     variants = {label: rest for label, *rest in VARIANTS}
     unknown = [m for m in args.methods if m not in variants]
     if unknown:
         parser.error(f"--methods {unknown[0]!r}: expected one of {', '.join(variants)}")
     rows = []
-    print(f"peak MB of one training step, {args.preset} preset, window {args.window}, mini-batch {args.mini_batch}, "
-          f"batch {args.batch}, {args.device}")
+    print(f"peak MB of one training step, {args.preset} preset" + "".join(f", {k} {v}" for k, v in overrides.items())
+          + f", window {args.window}, mini-batch {args.mini_batch}, batch {args.batch}, {args.device}")
     print(f"{'method':<18}" + "".join(f"{'T=' + str(t):>10}" for t in args.lengths))
     for label in args.methods:
         method, chunks, blocks = variants[label]
@@ -127,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 row = measure_row(method, seq_len, preset=args.preset, window=args.window, mini_batch=args.mini_batch,
                                   batch=args.batch, checkpoint_chunks=chunks, checkpoint_blocks=blocks,
-                                  device=args.device, threads=args.threads)
+                                  device=args.device, threads=args.threads, overrides=overrides)
                 rows.append({"label": label, **row})
                 cells.append(f"{row['peak_mb']:>10.0f}")
             except (RuntimeError, subprocess.TimeoutExpired) as err:
