@@ -188,15 +188,18 @@ def sequence_attention(q: Tensor, k: Tensor, v: Tensor, window: int | None, kern
     skip = first * block - window + 1  # where that span starts
     k_spans, v_spans = _spans(k, span, block, skip), _spans(v, span, block, skip)
     bias = partial(band_bias, window=window, dtype=q.dtype, device=q.device)
+    full = bias(block, span, window - 1)  # [block, span]: a full block; query i sits at key index window - 1 + i
     outputs = []
     for i, q_block in enumerate(q.split(block, dim=-2)):  # [B, H, <=block, hd]
         start = i * block
         stop, lo = start + q_block.shape[-2], max(0, start - window + 1)
         if stop - lo == span:  # keys lo..stop-1 are span i - first
-            keys, values = k_spans[i - first], v_spans[i - first]
+            keys, values, mask = k_spans[i - first], v_spans[i - first], full
         else:  # blocks inside the first window, and a short last block
             keys, values = k[..., lo:stop, :], v[..., lo:stop, :]
-        outputs.append(attend(q_block, keys, values, bias(stop - start, stop - lo, start - lo), kernel))  # [tq, tk]
+            # a full-size block's mask is the right end of the full one (a view: no mask of its own to keep)
+            mask = full[:, span - (stop - lo):] if stop - start == block else bias(stop - start, stop - lo, start - lo)
+        outputs.append(attend(q_block, keys, values, mask, kernel))  # mask: [tq, tk]
     return torch.cat(outputs, dim=-2)
 
 
