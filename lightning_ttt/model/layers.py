@@ -39,8 +39,9 @@ class Llama3Scaling(NamedTuple):
         return torch.where(wavelength < context / self.high_freq_factor, inv_freq, scaled)
 
 
-MAX_CACHED_POSITIONS = 1 << 16  # rotary tables are kept for positions below this; beyond, computed per call
+MAX_CACHED_POSITIONS = 1 << 16  # rotary tables are kept for positions below this; beyond, a moving window of as many
 _TABLES: dict[tuple, tuple[Tensor, Tensor]] = {}  # (hd, theta, half, scaling, device, work dtype) -> cos2, sin2
+_FAR_TABLES: dict[tuple, tuple[int, Tensor, Tensor]] = {}  # the same key -> first position, cos2, sin2
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -97,9 +98,9 @@ class Rotary(NamedTuple):
                dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """cos2, sin2 [length, hd] of positions start .. start+length-1 (``dtype``: the work dtype)."""
         stop = start + length
-        if stop > MAX_CACHED_POSITIONS:
-            return rope_tables(torch.arange(start, stop, device=device), hd, self.theta, self.half, self.scaling, dtype)
         key = (hd, *self, device, dtype)
+        if stop > MAX_CACHED_POSITIONS:
+            return self._far_tables(key, start, length)
         cached = _TABLES.get(key)
         if cached is None or cached[0].shape[0] < stop:
             size = min(MAX_CACHED_POSITIONS, max(1024, 1 << (stop - 1).bit_length()))
@@ -107,6 +108,24 @@ class Rotary(NamedTuple):
                 cached = _TABLES[key] = rope_tables(torch.arange(size, device=device), hd, self.theta, self.half,
                                                     self.scaling, dtype)
         return cached[0][start:stop], cached[1][start:stop]
+
+    def _far_tables(self, key: tuple, start: int, length: int) -> tuple[Tensor, Tensor]:
+        """Tables beyond ``MAX_CACHED_POSITIONS``: a window of that many positions starting at a multiple of
+        half of it, so that reading left to right recomputes them once per half window, not per call."""
+        hd, device, dtype = key[0], key[-2], key[-1]
+        step = MAX_CACHED_POSITIONS // 2
+        if length > step:
+            return rope_tables(torch.arange(start, start + length, device=device), hd, self.theta, self.half,
+                               self.scaling, dtype)
+        base = start // step * step  # [base, base + 2·step) holds start .. start + length - 1
+        cached = _FAR_TABLES.get(key)
+        if cached is None or cached[0] != base:
+            with torch.inference_mode(False), torch.no_grad():
+                cos2, sin2 = rope_tables(torch.arange(base, base + 2 * step, device=device), hd, self.theta, self.half,
+                                         self.scaling, dtype)
+            cached = _FAR_TABLES[key] = (base, cos2, sin2)
+        offset = start - base
+        return cached[1][offset:offset + length], cached[2][offset:offset + length]
 
     def __call__(self, x: Tensor, start: int = 0) -> Tensor:
         """x [..., t, hd] rotated at the absolute positions start .. start+t-1."""

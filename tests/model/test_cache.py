@@ -125,15 +125,20 @@ def test_full_attention_chunk_without_mask_equals_masked(dtype, heads):
 def test_rotary_tables_are_cached_and_equal_direct_rope(monkeypatch):
     """The cached tables (grown on demand) and positions beyond the cache give the direct rotation."""
     monkeypatch.setattr(layers, "_TABLES", {})
+    monkeypatch.setattr(layers, "_FAR_TABLES", {})
     monkeypatch.setattr(layers, "MAX_CACHED_POSITIONS", 4096)
     g = torch.Generator().manual_seed(5)
     for half, scaling in ((False, None), (True, layers.Llama3Scaling(8.0, 1.0, 4.0, 64))):
         rotary = Rotary(500.0, half, scaling)
-        for start, length in ((0, 10), (1000, 30), (2000, 100), (4090, 12), (9000, 5)):
+        # beyond the cache: a moving window from a multiple of 2048 (9000 and 10230 share one; 12000 moves it),
+        # and a call longer than half the window computed directly
+        for start, length in ((0, 10), (1000, 30), (2000, 100), (4090, 12), (9000, 5), (10230, 2000), (12000, 7),
+                              (20000, 3000)):
             x = torch.randn(2, 3, length, 16, generator=g, dtype=torch.float64)
             direct = rope(x, torch.arange(start, start + length), 500.0, half, scaling)
             torch.testing.assert_close(rotary(x, start), direct, atol=1e-12, rtol=0)
     assert {table[0].shape[0] for table in layers._TABLES.values()} == {4096}  # grown to the cap, not beyond
+    assert {(base, table.shape[0]) for base, table, _ in layers._FAR_TABLES.values()} == {(10240, 4096)}
     with torch.inference_mode():  # tables made under inference mode still serve later autograd graphs
         layers._TABLES.clear()
         Rotary(10.0)(torch.zeros(1, 4, 8))
