@@ -42,7 +42,7 @@ class BenchPlan:
     decode_lengths: tuple[int, ...]  # contexts (among prefill_lengths) after which decode_tokens are timed
     e2e_peak_lengths: tuple[int, ...]  # e2e inference peak memory at these contexts
     decode_tokens: int
-    long: int  # from this length on: one round, fewer steps
+    long: int  # from this length on: one timed step per training round, one inference round
     train_rounds: int = 3  # a shared machine swings single rounds by tens of percent
     train_steps: int = 5  # timed steps per round below ``long`` (1 from ``long`` on)
     infer_rounds: int = 2  # below ``long`` (1 from ``long`` on)
