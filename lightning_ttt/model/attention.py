@@ -194,11 +194,11 @@ def sequence_attention(q: Tensor, k: Tensor, v: Tensor, window: int | None, kern
         start = i * block
         stop, lo = start + q_block.shape[-2], max(0, start - window + 1)
         if stop - lo == span:  # keys lo..stop-1 are span i - first
-            keys, values, mask = k_spans[i - first], v_spans[i - first], full
+            keys, values = k_spans[i - first], v_spans[i - first]
         else:  # blocks inside the first window, and a short last block
             keys, values = k[..., lo:stop, :], v[..., lo:stop, :]
-            # a full-size block's mask is the right end of the full one (a view: no mask of its own to keep)
-            mask = full[:, span - (stop - lo):] if stop - start == block else bias(stop - start, stop - lo, start - lo)
+        # a full-size block's mask is the right end of the full one (a view: no mask of its own to keep)
+        mask = full[:, span - (stop - lo):] if stop - start == block else bias(stop - start, stop - lo, start - lo)
         outputs.append(attend(q_block, keys, values, mask, kernel))  # mask: [tq, tk]
     return torch.cat(outputs, dim=-2)
 

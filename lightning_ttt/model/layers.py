@@ -99,33 +99,29 @@ class Rotary(NamedTuple):
         """cos2, sin2 [length, hd] of positions start .. start+length-1 (``dtype``: the work dtype)."""
         stop = start + length
         key = (hd, *self, device, dtype)
-        if stop > MAX_CACHED_POSITIONS:
-            return self._far_tables(key, start, length)
-        cached = _TABLES.get(key)
-        if cached is None or cached[0].shape[0] < stop:
-            size = min(MAX_CACHED_POSITIONS, max(1024, 1 << (stop - 1).bit_length()))
-            with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable in any later graph
-                cached = _TABLES[key] = rope_tables(torch.arange(size, device=device), hd, self.theta, self.half,
-                                                    self.scaling, dtype)
-        return cached[0][start:stop], cached[1][start:stop]
-
-    def _far_tables(self, key: tuple, start: int, length: int) -> tuple[Tensor, Tensor]:
-        """Tables beyond ``MAX_CACHED_POSITIONS``: a window of that many positions starting at a multiple of
-        half of it, so that reading left to right recomputes them once per half window, not per call."""
-        hd, device, dtype = key[0], key[-2], key[-1]
+        if stop <= MAX_CACHED_POSITIONS:
+            cached = _TABLES.get(key)
+            if cached is None or cached[0].shape[0] < stop:
+                size = min(MAX_CACHED_POSITIONS, max(1024, 1 << (stop - 1).bit_length()))
+                cached = _TABLES[key] = self._rows(0, size, hd, device, dtype)
+            return cached[0][start:stop], cached[1][start:stop]
+        # beyond: a window of MAX_CACHED_POSITIONS starting at a multiple of half of it, so that reading left to
+        # right recomputes it once per half window, not per call
         step = MAX_CACHED_POSITIONS // 2
         if length > step:
-            return rope_tables(torch.arange(start, start + length, device=device), hd, self.theta, self.half,
-                               self.scaling, dtype)
-        base = start // step * step  # [base, base + 2·step) holds start .. start + length - 1
+            return self._rows(start, length, hd, device, dtype)
+        base = start // step * step  # [base, base + 2·step) holds start .. stop - 1
         cached = _FAR_TABLES.get(key)
         if cached is None or cached[0] != base:
-            with torch.inference_mode(False), torch.no_grad():
-                cos2, sin2 = rope_tables(torch.arange(base, base + 2 * step, device=device), hd, self.theta, self.half,
-                                         self.scaling, dtype)
-            cached = _FAR_TABLES[key] = (base, cos2, sin2)
-        offset = start - base
-        return cached[1][offset:offset + length], cached[2][offset:offset + length]
+            cached = _FAR_TABLES[key] = (base, *self._rows(base, 2 * step, hd, device, dtype))
+        return cached[1][start - base:stop - base], cached[2][start - base:stop - base]
+
+    def _rows(self, first: int, count: int, hd: int, device: torch.device,
+              dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos2, sin2 [count, hd] of positions first .. first+count-1: ordinary tensors, usable in any later graph."""
+        with torch.inference_mode(False), torch.no_grad():
+            return rope_tables(torch.arange(first, first + count, device=device), hd, self.theta, self.half,
+                               self.scaling, dtype)
 
     def __call__(self, x: Tensor, start: int = 0) -> Tensor:
         """x [..., t, hd] rotated at the absolute positions start .. start+t-1."""
