@@ -1,12 +1,15 @@
-"""How many CPU threads torch uses by default: the cores that are not already busy.
+"""How many CPU threads torch uses by default: the cores that are not already busy, now and as the run goes.
 
 PyTorch starts one thread per physical core. On a machine where other jobs already keep every
 core busy, that many threads fight over the cores and a training step can take several times
 longer than with one thread; ``ttt`` therefore starts with the cores that are free now: the busy
 share of the CPUs over a fifth of a second (``/proc/stat``), or the 1-minute load average where that
 is missing. (The load average lags: right after a job ends it still counts it, and an idle machine
-got one thread instead of two.) ``OMP_NUM_THREADS`` (read by torch at start-up), ``--trainer.threads``
-and the tools' ``--threads`` choose the number instead.
+got one thread instead of two.) Load also comes and goes during a run, so a ``ThreadGovernor`` polled
+between steps measures the cores other processes used since its last reading (the machine's busy time
+less this process's CPU time) and moves the thread count when two readings in a row agree.
+``OMP_NUM_THREADS`` (read by torch at start-up), ``--trainer.threads`` and the tools' ``--threads``
+choose a fixed number instead.
 """
 
 from __future__ import annotations
@@ -42,16 +45,34 @@ def _cpu_times() -> tuple[int, int] | None:
     return total - idle, total
 
 
+class CpuMeter:
+    """Cores that other processes kept busy between two readings: the machine's busy time (``/proc/stat``)
+    less this process's CPU time, over the wall time in between. ``others()`` is None without /proc/stat."""
+
+    def __init__(self) -> None:
+        self._last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, tuple[int, int] | None, float]:
+        return time.monotonic(), _cpu_times(), time.process_time()
+
+    def others(self) -> float | None:
+        """Other processes' busy cores since the previous call (or the meter's creation)."""
+        (wall0, cpu0, own0), (wall1, cpu1, own1) = self._last, self._read()
+        self._last = (wall1, cpu1, own1)
+        if cpu0 is None or cpu1 is None or cpu1[1] <= cpu0[1] or wall1 <= wall0:
+            return None
+        machine = (cpu1[0] - cpu0[0]) / (cpu1[1] - cpu0[1]) * (os.cpu_count() or 1)
+        return max(0.0, machine - (own1 - own0) / (wall1 - wall0))
+
+
 def busy_cores(interval: float = 0.2) -> float:
-    """How many CPUs other processes keep busy now: their busy share over ``interval`` seconds times the
-    CPU count (Linux); elsewhere the 1-minute load average."""
-    before = _cpu_times()
-    if before is None:
-        return os.getloadavg()[0]
+    """How many CPUs other processes keep busy now: ``CpuMeter`` over ``interval`` seconds (Linux);
+    elsewhere the 1-minute load average."""
+    meter = CpuMeter()
     time.sleep(interval)
-    after = _cpu_times()
-    busy, total = after[0] - before[0], after[1] - before[1]
-    return busy / total * (os.cpu_count() or 1) if total > 0 else os.getloadavg()[0]
+    others = meter.others()
+    return os.getloadavg()[0] if others is None else others
 
 
 def default_threads(load: float | None = None, logical: int | None = None, physical: int | None = None) -> int:
@@ -76,3 +97,43 @@ def use_default_threads() -> str | None:
         return None
     return (f"defaulting to {threads} CPU thread{'s' if threads > 1 else ''} of {before}: the machine is busy ({busy:.1f} "
             f"cores in use); --trainer.threads N or OMP_NUM_THREADS=N choose")
+
+
+class ThreadGovernor:
+    """Keeps torch's thread count at ``default_threads`` of what other processes use while a run goes on.
+
+    ``poll()`` between steps: at most every ``every_s`` seconds it reads a ``CpuMeter``; when ``agree``
+    readings in a row want the same count, different from the current one, it sets it and returns a note
+    saying why. ``restore()`` sets back the count the run started with.
+    """
+
+    def __init__(self, every_s: float = 10.0, agree: int = 2) -> None:
+        import torch
+
+        self.every_s, self.agree = every_s, agree
+        self.started = torch.get_num_threads()
+        self.meter = CpuMeter()
+        self._due = time.monotonic() + every_s
+        self._wanted: list[int] = []
+
+    def poll(self) -> str | None:
+        if time.monotonic() < self._due:
+            return None
+        import torch
+
+        self._due = time.monotonic() + self.every_s
+        others = self.meter.others()
+        if others is None:
+            return None
+        current, wanted = torch.get_num_threads(), default_threads(others)
+        self._wanted = [*self._wanted, wanted][-self.agree:]
+        if wanted == current or len(self._wanted) < self.agree or len(set(self._wanted)) > 1:
+            return None
+        torch.set_num_threads(wanted)
+        return (f"{wanted} CPU thread{'s' if wanted > 1 else ''} instead of {current}: other processes use "
+                f"{others:.1f} cores")
+
+    def restore(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.started)

@@ -1,11 +1,13 @@
-"""The default CPU thread count: the physical cores that are not busy now, at least one."""
+"""The default CPU thread count: the physical cores that are not busy now, at least one, and the governor
+that moves it with the load during a run."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lightning_ttt.threads import default_threads, use_default_threads
+import lightning_ttt.threads as threads
+from lightning_ttt.threads import CpuMeter, ThreadGovernor, default_threads, use_default_threads
 
 
 @pytest.mark.parametrize("load, logical, physical, threads", [
@@ -44,8 +46,6 @@ def test_busy_cores_sees_a_busy_process_and_falls_back_to_the_load_average(monke
     import subprocess
     import sys
 
-    import lightning_ttt.threads as threads
-
     idle = threads.busy_cores(0.3)
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
@@ -58,3 +58,64 @@ def test_busy_cores_sees_a_busy_process_and_falls_back_to_the_load_average(monke
     monkeypatch.setattr(threads, "_cpu_times", lambda: None)  # no /proc/stat
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (2.5, 1.0, 1.0))
     assert threads.busy_cores() == 2.5
+
+
+def test_cpu_meter_leaves_out_this_process(monkeypatch) -> None:
+    readings = iter([(0.0, (100, 1000), 5.0), (2.0, (700, 1800), 6.5)])  # (wall s, (busy, total) jiffies, own CPU s)
+    monkeypatch.setattr(CpuMeter, "_read", staticmethod(lambda: next(readings)))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+    assert CpuMeter().others() == pytest.approx(600 / 800 * 4 - 1.5 / 2)  # 3 busy cores, 0.75 of them ours
+
+
+def test_cpu_meter_counts_a_busy_neighbour_but_not_our_own_work() -> None:
+    import subprocess
+    import sys
+    import time
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # let it start
+        meter, end = CpuMeter(), time.monotonic() + 0.6
+        while time.monotonic() < end:  # this process keeps a core busy too
+            pass
+        others = meter.others()
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert 0.6 <= others <= 1.5  # the spinner's core, not ours
+
+
+class _FakeMeter:
+    def __init__(self, readings: list[float | None]) -> None:
+        self.readings = iter(readings)
+
+    def others(self) -> float | None:
+        return next(self.readings)
+
+
+def test_governor_moves_threads_when_readings_agree_and_restores_them(monkeypatch) -> None:
+    monkeypatch.setattr(threads, "logical_cores", lambda: 2)
+    monkeypatch.setattr(threads, "physical_cores", lambda: 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        governor = ThreadGovernor(every_s=0.0, agree=2)
+        governor.meter = _FakeMeter([1.7, 0.1, 1.6, None, 1.4, 0.2, 0.0, 0.3])
+        notes = [governor.poll() for _ in range(5)]
+        assert notes[:4] == [None] * 4  # busy, idle, busy, no reading: no two agreeing readings yet
+        assert notes[4] == "1 CPU thread instead of 2: other processes use 1.4 cores"
+        assert torch.get_num_threads() == 1
+        assert governor.poll() is None and torch.get_num_threads() == 1  # one idle reading is not enough
+        assert governor.poll() == "2 CPU threads instead of 1: other processes use 0.0 cores"
+        assert governor.poll() is None  # the count it wants already
+        torch.set_num_threads(1)
+        governor.restore()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_governor_reads_at_most_every_interval() -> None:
+    governor = ThreadGovernor(every_s=3600.0)
+    governor.meter = _FakeMeter([])  # a reading would raise StopIteration
+    assert governor.poll() is None

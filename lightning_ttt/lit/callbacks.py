@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
 
 from lightning_ttt.metrics import plot_nll_by_position, write_position_report
+from lightning_ttt.threads import ThreadGovernor
 
 FINAL_METRICS = ("val/loss", "val/ppl", "train/loss")  # shown beside a fit's settings in the HPARAMS tab
 
@@ -121,3 +122,35 @@ class HparamsSummary(L.Callback):
             else:
                 logger.log_hyperparams(settings)
                 logger.log_metrics(metrics, step=trainer.global_step)
+
+
+class AdaptiveThreads(L.Callback):
+    """Moves torch's CPU threads with the load while the run goes on (``lightning_ttt.threads.ThreadGovernor``),
+    polled after every training and evaluation batch; the run's starting count is set back at its end.
+    ``TTTTrainer`` adds it on CPU unless ``--trainer.threads`` or ``OMP_NUM_THREADS`` fixed the count."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self.governor: ThreadGovernor | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.governor = ThreadGovernor(self.every_s)
+
+    def _poll(self, trainer: L.Trainer) -> None:
+        note = self.governor.poll() if self.governor is not None else None
+        if note:
+            rank_zero_info(f"step {trainer.global_step}: {note} (--trainer.threads N fixes the count)")
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self._poll(trainer)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self._poll(trainer)
+
+    def on_test_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self._poll(trainer)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.governor is not None:
+            self.governor.restore()
+            self.governor = None

@@ -1,15 +1,17 @@
 """A Trainer with this project's defaults: atomic checkpoints, autograd allowed in evaluation, a model
-summary with analytic FLOPs, and no empty ``version_N`` folder left by a run that fails before its first
-step."""
+summary with analytic FLOPs, CPU threads that follow the load, and no empty ``version_N`` folder left by
+a run that fails before its first step."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 
-from lightning_ttt.lit.callbacks import with_analytic_flops
+from lightning_ttt.lit.callbacks import AdaptiveThreads, with_analytic_flops
 from lightning_ttt.lit.checkpoint_io import AtomicCheckpointIO
 from lightning_ttt.lit.run_dirs import removing_empty_run_dirs
 
@@ -21,7 +23,8 @@ class TTTTrainer(L.Trainer):
     def __init__(self, *args: Any, inference_mode: bool = False, plugins: Any = None, threads: int | None = None,
                  **kwargs: Any) -> None:
         """``threads``: CPU threads for torch; None keeps the current number (``ttt`` starts with the cores
-        the load average leaves free, ``lightning_ttt.threads``). The other arguments are Lightning's."""
+        other processes leave free) and, on CPU without ``OMP_NUM_THREADS``, moves it with the load as the
+        run goes (``AdaptiveThreads``). The other arguments are Lightning's."""
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"trainer.threads={threads} must be >= 1 (or null: the cores not already busy)")
@@ -31,6 +34,8 @@ class TTTTrainer(L.Trainer):
             plugins.append(AtomicCheckpointIO())
         super().__init__(*args, inference_mode=inference_mode, plugins=plugins or None, **kwargs)
         self.callbacks = [with_analytic_flops(c) for c in self.callbacks]  # the model summary's FLOPs
+        if threads is None and not os.environ.get("OMP_NUM_THREADS") and isinstance(self.accelerator, CPUAccelerator):
+            self.callbacks.append(AdaptiveThreads())
 
     def fit(self, *args: Any, **kwargs: Any) -> None:
         with removing_empty_run_dirs(self):
