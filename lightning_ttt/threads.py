@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 
 def logical_cores() -> int:
@@ -83,10 +86,15 @@ def default_threads(load: float | None = None, logical: int | None = None, physi
     return max(1, min(physical, logical - round(load)))
 
 
+def count_is_fixed(threads: int | None = None) -> bool:
+    """Whether the user chose the thread count (a ``threads`` setting or ``OMP_NUM_THREADS``)."""
+    return threads is not None or bool(os.environ.get("OMP_NUM_THREADS"))
+
+
 def use_default_threads() -> str | None:
     """Set torch's thread count to ``default_threads()`` unless OMP_NUM_THREADS chose it; returns a note
     when that is fewer threads than torch would use."""
-    if os.environ.get("OMP_NUM_THREADS"):
+    if count_is_fixed():
         return None
     import torch
 
@@ -137,3 +145,22 @@ class ThreadGovernor:
         import torch
 
         torch.set_num_threads(self.started)
+
+
+@contextmanager
+def following_the_load(function: Callable[..., Any], say: Callable[[str], None],
+                       every_s: float = 10.0) -> Iterator[Callable[..., Any]]:
+    """``function``, polling a ``ThreadGovernor`` before each call (its notes go to ``say``), for loops that
+    are not Lightning's; the thread count is set back on leaving."""
+    governor = ThreadGovernor(every_s)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        note = governor.poll()
+        if note:
+            say(note)
+        return function(*args, **kwargs)
+
+    try:
+        yield call
+    finally:
+        governor.restore()

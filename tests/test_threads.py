@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lightning_ttt.threads as threads
-from lightning_ttt.threads import CpuMeter, ThreadGovernor, default_threads, use_default_threads
+from lightning_ttt.threads import CpuMeter, ThreadGovernor, default_threads, following_the_load, use_default_threads
 
 
 @pytest.mark.parametrize("load, logical, physical, threads", [
@@ -119,3 +119,21 @@ def test_governor_reads_at_most_every_interval() -> None:
     governor = ThreadGovernor(every_s=3600.0)
     governor.meter = _FakeMeter([])  # a reading would raise StopIteration
     assert governor.poll() is None
+
+
+def test_following_the_load_polls_before_each_call_and_restores(monkeypatch) -> None:
+    monkeypatch.setattr(threads, "logical_cores", lambda: 2)
+    monkeypatch.setattr(threads, "physical_cores", lambda: 2)
+    monkeypatch.setattr(threads.CpuMeter, "others", lambda self: 1.8)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    said, seen = [], []
+    try:
+        with following_the_load(lambda x: seen.append((x, torch.get_num_threads())), said.append, every_s=0.0) as call:
+            for x in range(3):
+                call(x)
+        assert seen == [(0, 2), (1, 1), (2, 1)]  # the second reading agrees with the first, before call 1
+        assert said == ["1 CPU thread instead of 2: other processes use 1.8 cores"]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

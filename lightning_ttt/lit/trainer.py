@@ -4,7 +4,6 @@ a run that fails before its first step."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import lightning as L
@@ -14,6 +13,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning_ttt.lit.callbacks import AdaptiveThreads, with_analytic_flops
 from lightning_ttt.lit.checkpoint_io import AtomicCheckpointIO
 from lightning_ttt.lit.run_dirs import removing_empty_run_dirs
+from lightning_ttt.threads import count_is_fixed
 
 
 class TTTTrainer(L.Trainer):
@@ -34,7 +34,7 @@ class TTTTrainer(L.Trainer):
             plugins.append(AtomicCheckpointIO())
         super().__init__(*args, inference_mode=inference_mode, plugins=plugins or None, **kwargs)
         self.callbacks = [with_analytic_flops(c) for c in self.callbacks]  # the model summary's FLOPs
-        if threads is None and not os.environ.get("OMP_NUM_THREADS") and isinstance(self.accelerator, CPUAccelerator):
+        if not count_is_fixed(threads) and isinstance(self.accelerator, CPUAccelerator):
             self.callbacks.append(AdaptiveThreads())
 
     def fit(self, *args: Any, **kwargs: Any) -> None:

@@ -291,3 +291,26 @@ def test_bpe_prompts_tokenize_like_their_text_and_the_oracle_reads_them(tmp_path
     rows = score(samples, window_oracle(tok, T, 256))
     assert {r["region"] for r in rows} >= {INSIDE, OUTSIDE}
     assert all(r["score"] == (r["region"] == INSIDE) for r in rows)
+
+
+def test_threads_follow_the_load_unless_fixed(tmp_path, capsys, monkeypatch):
+    import functools
+
+    import lightning_ttt.eval.niah.run as run
+    import lightning_ttt.threads as threads
+
+    ckpt = one_step_checkpoint(tmp_path / "debug-e2e.ckpt")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "logical_cores", lambda: 2)
+    monkeypatch.setattr(threads, "physical_cores", lambda: 2)
+    readings = iter([2.0] + [0.0] * 9)  # busy when `ttt` starts (1 thread), idle from then on (2 threads)
+    monkeypatch.setattr(threads.CpuMeter, "others", lambda self: next(readings))
+    monkeypatch.setattr(run, "following_the_load", functools.partial(threads.following_the_load, every_s=0.0))
+    args = ["niah", "--ckpt", str(ckpt), "--lengths", "640", "--tasks", "niah_1", "--samples", "3",
+            "--answer-tokens", "4", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "ttt niah: 2 CPU threads instead of 1: other processes use 0.0 cores (--threads N fixes the count)" in err
+    assert torch.get_num_threads() == 1  # set back to the count the evaluation started with
+    assert main([*args, "--out", str(tmp_path / "b"), "--threads", "1"]) == 0
+    assert "CPU thread" not in capsys.readouterr().err

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 from lightning_ttt.eval.niah.haystack import ESSAY, ESSAY_EXAMPLE, NOISE, Haystack, essay_haystack, noise_haystack, \
@@ -12,6 +14,7 @@ from lightning_ttt.eval.niah.report import summarize, write_report
 from lightning_ttt.eval.niah.scoring import Answerer, model_answerer, score
 from lightning_ttt.eval.niah.templates import Templates
 from lightning_ttt.io import check_out_dir, replacing_dir
+from lightning_ttt.threads import count_is_fixed, following_the_load
 
 DEFAULT_SAMPLES = 500  # per (task, length), as RULER: 95% interval half-width <= 0.044
 
@@ -82,10 +85,19 @@ def run_niah(*, ckpt: str | None = None, model_dir: str | None = None, lengths: 
     if window is None:
         window = cfg.attention_window
     codec = fitting_tokenizer(loaded.tokenizer_spec(tokenizer), cfg)
-    result = evaluate(model_answerer(model, loaded.update, codec, answer_tokens), codec, window, tasks,
-                      lengths, haystacks, text, samples, seed, answer_tokens, depths,
-                      depth_samples if depths else 0, progress)
+    answer = model_answerer(model, loaded.update, codec, answer_tokens)
+    with (nullcontext(answer) if device != "cpu" or count_is_fixed(threads)  # else: threads follow the load
+          else following_the_load(answer, _say)) as answer:
+        result = evaluate(answer, codec, window, tasks, lengths, haystacks, text, samples, seed, answer_tokens,
+                          depths, depth_samples if depths else 0, progress)
     result.about = {"model": cfg.name, "method": cfg.method, "checkpoint": ckpt or model_dir, **result.about}
     with replacing_dir(out, overwrite) as tmp:
         write_report(result.rows, result.summary, tmp, result.about, tensorboard)
     return result
+
+
+def _say(note: str) -> None:
+    """A line above the progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"ttt niah: {note} (--threads N fixes the count)", file=sys.stderr)
