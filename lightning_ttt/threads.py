@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -78,9 +79,8 @@ def busy_cores(interval: float = 0.2) -> float:
     return os.getloadavg()[0] if others is None else others
 
 
-def default_threads(load: float | None = None, logical: int | None = None, physical: int | None = None) -> int:
-    """The physical cores, less those busy now (``load``: busy cores, measured when None); at least 1."""
-    load = busy_cores() if load is None else load
+def default_threads(load: float, logical: int | None = None, physical: int | None = None) -> int:
+    """The physical cores, less the ``load`` (cores busy with other work); at least 1."""
     logical = logical_cores() if logical is None else logical
     physical = physical_cores() if physical is None else physical
     return max(1, min(physical, logical - round(load)))
@@ -92,8 +92,8 @@ def count_is_fixed(threads: int | None = None) -> bool:
 
 
 def use_default_threads() -> str | None:
-    """Set torch's thread count to ``default_threads()`` unless OMP_NUM_THREADS chose it; returns a note
-    when that is fewer threads than torch would use."""
+    """Set torch's thread count to ``default_threads`` of ``busy_cores()`` unless OMP_NUM_THREADS chose it;
+    returns a note when that is fewer threads than torch would use."""
     if count_is_fixed():
         return None
     import torch
@@ -122,20 +122,21 @@ class ThreadGovernor:
         self.started = torch.get_num_threads()
         self.meter = CpuMeter()
         self._due = time.monotonic() + every_s
-        self._wanted: list[int] = []
+        self._wanted: deque[int] = deque(maxlen=agree)  # the counts the last readings asked for
 
     def poll(self) -> str | None:
-        if time.monotonic() < self._due:
+        now = time.monotonic()
+        if now < self._due:
             return None
         import torch
 
-        self._due = time.monotonic() + self.every_s
+        self._due = now + self.every_s
         others = self.meter.others()
         if others is None:
             return None
         current, wanted = torch.get_num_threads(), default_threads(others)
-        self._wanted = [*self._wanted, wanted][-self.agree:]
-        if wanted == current or len(self._wanted) < self.agree or len(set(self._wanted)) > 1:
+        self._wanted.append(wanted)
+        if wanted == current or self._wanted.count(wanted) < self.agree:
             return None
         torch.set_num_threads(wanted)
         return (f"{wanted} CPU thread{'s' if wanted > 1 else ''} instead of {current}: other processes use "
